@@ -1,0 +1,1 @@
+//! Backing store of a volume (being built).
