@@ -96,7 +96,11 @@ impl TargetError {
 pub trait BlockTarget: Send + Sync + 'static {
     fn size_bytes(&self) -> u64;
     fn features(&self) -> TargetFeatures;
-    fn read(&self, offset: u64, len: u32) -> impl Future<Output = Result<Bytes, TargetError>> + Send;
+    fn read(
+        &self,
+        offset: u64,
+        len: u32,
+    ) -> impl Future<Output = Result<Bytes, TargetError>> + Send;
     fn write(
         &self,
         offset: u64,
