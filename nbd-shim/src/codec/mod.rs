@@ -19,3 +19,6 @@ pub use transmission::{
     Command, Decoded, Rejection, Request, RequestDecoder, TransmissionConfig,
     DEFAULT_MAX_PAYLOAD_BYTES,
 };
+
+#[cfg(test)]
+mod tests;

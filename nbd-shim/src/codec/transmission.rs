@@ -142,7 +142,9 @@ impl RequestDecoder {
             State::Payload(h) => h.len as usize,
             State::Discard {
                 remaining_bytes, ..
-            } => (*remaining_bytes).min(DISCARD_HINT_BYTES as u64) as usize,
+            } => (*remaining_bytes)
+                .min(DISCARD_HINT_BYTES.min(self.cfg.max_payload_bytes as usize) as u64)
+                as usize,
             State::Closed => 0,
         }
     }
