@@ -1,0 +1,136 @@
+//! Consumers: reading from memory and disk, acks, folding, persistence.
+
+use super::*;
+use crate::{NewRecord, ReadBatch};
+
+fn no_cache_cfg(dir: &Path) -> JournalConfig {
+    let mut c = small_cfg(dir);
+    c.memory_cache_bytes = 0; // force disk reads
+    c
+}
+
+#[test]
+fn consumer_reads_in_order_from_memory_and_disk_and_persists_cursor() {
+    for cfg in [small_cfg, no_cache_cfg] {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = cfg(d.path());
+        let rt = rt();
+        {
+            let (j, _) = open(&cfg).unwrap();
+            rt.block_on(async {
+                let mut c = j.register_consumer("dr1", 1).await.unwrap();
+                for i in 0..40u64 {
+                    j.append(NewRecord::write(
+                        i * 512,
+                        payload(512 * (i as usize % 3 + 1), i as u8),
+                    ))
+                    .await
+                    .unwrap();
+                }
+                let mut got = Vec::new();
+                while got.len() < 40 {
+                    match c.read_batch(4096).await.unwrap() {
+                        ReadBatch::Records(rs) => got.extend(rs),
+                        ReadBatch::Folded { .. } => panic!("unexpected fold"),
+                    }
+                }
+                for (i, r) in got.iter().enumerate() {
+                    assert_eq!(r.header.lsn, i as u64 + 1);
+                    assert_eq!(r.payload, payload(512 * (i % 3 + 1), i as u8));
+                }
+                c.ack(25);
+                // Persisted with the next superblock write.
+                j.mark_applied(0);
+                j.checkpoint(0).await.unwrap();
+            });
+        }
+        let (j, _) = open(&cfg).unwrap();
+        rt.block_on(async {
+            let mut c = j.register_consumer("dr1", 1).await.unwrap();
+            assert_eq!(c.next_lsn().unwrap(), 26);
+            match c.read_batch(1 << 20).await.unwrap() {
+                ReadBatch::Records(rs) => assert_eq!(rs[0].header.lsn, 26),
+                ReadBatch::Folded { .. } => panic!("unexpected fold"),
+            }
+        });
+    }
+}
+
+#[test]
+fn slow_consumer_is_folded_and_never_blocks_writes() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = small_cfg(d.path());
+    let rt = rt();
+    let mut expect = crate::DirtyBitmap::new(VOL_BYTES, cfg.region_bytes);
+    let (resume, folds) = {
+        let (j, _) = open(&cfg).unwrap();
+        rt.block_on(async {
+            let mut c = j.register_consumer("slow", 1).await.unwrap();
+            c.ack(0);
+            let mut pressure = j.space_pressure();
+            // Far more than the capacity; the owner checkpoints on pressure,
+            // the consumer never reads.
+            for i in 0..400u64 {
+                let off = (i * 7 * 1024) % (VOL_BYTES - 3000);
+                let lsn = j
+                    .append(NewRecord::write(off, payload(3000, i as u8)))
+                    .await
+                    .unwrap();
+                expect.mark(off, 3000);
+                j.mark_applied(lsn);
+                if *pressure.borrow_and_update() {
+                    j.checkpoint(lsn).await.unwrap();
+                }
+                let s = j.stats();
+                assert!(s.disk_bytes <= cfg.capacity_bytes);
+            }
+            assert!(j.stats().folds >= 1);
+            match c.read_batch(1 << 20).await.unwrap() {
+                ReadBatch::Folded { bitmap, resume_lsn } => {
+                    // Folded records are a prefix of what was written; the
+                    // bitmap marks exactly their regions.
+                    assert!(resume_lsn > 1 && resume_lsn <= j.written_lsn() + 1);
+                    let mut exact = crate::DirtyBitmap::new(VOL_BYTES, cfg.region_bytes);
+                    for i in 0..resume_lsn - 1 {
+                        exact.mark((i * 7 * 1024) % (VOL_BYTES - 3000), 3000);
+                    }
+                    assert_eq!(bitmap, exact);
+                    assert_eq!(j.consumer_bitmap("slow").unwrap(), bitmap);
+                    (resume_lsn, j.stats().folds)
+                }
+                ReadBatch::Records(_) => panic!("expected a fold"),
+            }
+        })
+    };
+    assert!(folds >= 1);
+    // Restart keeps the bitmap and the cursor.
+    let (j, _) = open(&cfg).unwrap();
+    rt.block_on(async {
+        let c = j.register_consumer("slow", 1).await.unwrap();
+        assert!(c.next_lsn().unwrap() >= resume);
+        let bm = j.consumer_bitmap("slow").unwrap();
+        assert!(bm.count() > 0);
+        let dirty: Vec<u64> = bm.dirty_regions().collect();
+        j.clear_consumer_regions("slow", dirty).await.unwrap();
+        assert_eq!(j.consumer_bitmap("slow").unwrap().count(), 0);
+    });
+    drop(j);
+    let (j, _) = open(&cfg).unwrap();
+    assert_eq!(j.consumer_bitmap("slow").unwrap().count(), 0);
+    let _ = expect;
+}
+
+#[test]
+fn consumer_names_and_ranges_are_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let (j, _) = open(&small_cfg(d.path())).unwrap();
+    rt().block_on(async {
+        assert!(j.register_consumer("../evil", 1).await.is_err());
+        assert!(j.register_consumer("far", 10).await.is_err());
+        assert!(j.consumer_bitmap("nobody").is_err());
+        j.register_consumer("ok", 1).await.unwrap();
+        j.unregister_consumer("ok").await.unwrap();
+        assert!(j.unregister_consumer("ok").await.is_err());
+    });
+    assert_eq!(j.segment_files().len(), 0);
+}
