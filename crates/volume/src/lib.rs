@@ -272,12 +272,8 @@ impl Volume {
                 (file, size, false)
             }
         };
-        if !opts.read_only
-            && !sys::try_lock_exclusive(file.as_raw_fd()).map_err(|e| io_err("flock", e))?
-        {
-            return Err(VolumeError::Locked {
-                path: path.to_path_buf(),
-            });
+        if !opts.read_only {
+            lock_exclusive(&file, path)?;
         }
         let fallocate_align_bytes = if block_device {
             u64::from(
@@ -604,6 +600,32 @@ fn map_extents(
         }
     }
     Ok(out)
+}
+
+/// How long a writable open waits for another holder's lock to go away. A
+/// process that just exited can still hold it for a moment: its io_uring
+/// instance (which holds the file registered) is torn down asynchronously by
+/// the kernel after exit, so a restart right after a stop or a kill -9 would
+/// otherwise be refused.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn lock_exclusive(file: &File, path: &Path) -> Result<(), VolumeError> {
+    let io_err = |e| VolumeError::Io {
+        op: "flock",
+        path: path.to_path_buf(),
+        offset: None,
+        source: e,
+    };
+    let start = std::time::Instant::now();
+    while !sys::try_lock_exclusive(file.as_raw_fd()).map_err(io_err)? {
+        if start.elapsed() >= LOCK_WAIT {
+            return Err(VolumeError::Locked {
+                path: path.to_path_buf(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 fn start_engine(
