@@ -1,0 +1,74 @@
+//! Command line: subcommands, arguments and logging set-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::units::parse_bytes;
+
+#[derive(Parser, Debug)]
+#[command(name = "driftless", version, about = "Block volume replicator")]
+pub struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, default "info").
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve one volume over NBD (no journal, no peers) until SIGINT/SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Backing file or block device; a missing file is created sparse at --size.
+    #[arg(long)]
+    pub volume: PathBuf,
+    /// Volume size with units ("1GiB", "512MiB"; "G" means GiB). Required to
+    /// create a file; for an existing one it must match.
+    #[arg(long, value_parser = parse_bytes)]
+    pub size: Option<u64>,
+    /// Unix socket to listen on. Default when neither --unix nor --listen is
+    /// given: /tmp/driftless-<name>.sock (or /tmp/driftless.sock).
+    #[arg(long)]
+    pub unix: Option<PathBuf>,
+    /// TCP address to listen on, e.g. 127.0.0.1:10809 (port 0 picks one).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Export name (clients asking for another name are refused).
+    #[arg(long, default_value = "")]
+    pub name: String,
+    /// Export description shown by `nbdinfo`.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Serve the volume read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// I/O engine: io_uring, a thread pool, or auto (io_uring when the kernel
+    /// allows it).
+    #[arg(long, default_value = "auto")]
+    pub io_engine: volume::EngineKind,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+pub fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!(e))
+}
