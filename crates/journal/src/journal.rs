@@ -1033,7 +1033,11 @@ impl Drop for Journal {
             st.shutdown = true;
             self.inner.writer_cv.notify_all();
         }
-        self.inner.space_cv.notify_all();
+        {
+            // Under the lock, so a writer waiting for space cannot miss it.
+            let _meta = lock(&self.inner.meta);
+            self.inner.space_cv.notify_all();
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
