@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::units::parse_bytes;
+use crate::units::{parse_bytes, parse_duration};
 
 #[derive(Parser, Debug)]
 #[command(name = "driftless", version, about = "Block volume replicator")]
@@ -53,6 +54,37 @@ pub struct ServeArgs {
     /// allows it).
     #[arg(long, default_value = "auto")]
     pub io_engine: volume::EngineKind,
+    #[command(flatten)]
+    pub journal: JournalArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct JournalArgs {
+    /// Journal directory (default: <volume>.journal next to the volume).
+    #[arg(long)]
+    pub journal_dir: Option<PathBuf>,
+    /// Serve without a journal: FLUSH/FUA fsync the volume itself. For
+    /// comparison runs; replication needs the journal.
+    #[arg(long, conflicts_with = "journal_dir")]
+    pub no_journal: bool,
+    /// Journal disk space cap.
+    #[arg(long, value_parser = parse_bytes, default_value = "1GiB")]
+    pub journal_size: u64,
+    /// Size of each preallocated journal segment file.
+    #[arg(long, value_parser = parse_bytes, default_value = "64MiB")]
+    pub journal_segment_size: u64,
+    /// Largest group-commit batch (one journal write).
+    #[arg(long, value_parser = parse_bytes, default_value = "4MiB")]
+    pub max_batch_bytes: u64,
+    /// How long the journal writer waits for a batch to fill ("0s": take what is queued).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    pub max_batch_wait: Duration,
+    /// Fsync the volume and checkpoint the journal at least this often.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub checkpoint_interval: Duration,
+    /// Dirty-bitmap region size (fixed when the journal is created).
+    #[arg(long, value_parser = parse_bytes, default_value = "64KiB")]
+    pub region_size: u64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod serve;
+mod targets;
 mod units;
 
 use clap::Parser;

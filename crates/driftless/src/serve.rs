@@ -1,15 +1,17 @@
-//! `driftless serve`: one volume behind the NBD server, no journal, no peers.
+//! `driftless serve`: one volume behind its journal and the NBD server; no peers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
+use journal::JournalConfig;
 use nbd_shim::server::{Export, Listener, Server, ServerLimits};
-use nbd_shim::{BlockTarget, Durability, Extent, TargetError, TargetFeatures, ZeroFlags};
-use volume::{Volume, VolumeError, VolumeOptions};
+use nbd_shim::BlockTarget;
+use replication::{Store, StoreConfig};
+use volume::{Volume, VolumeOptions};
 
 use crate::cli::ServeArgs;
+use crate::targets::{StoreTarget, VolumeTarget};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -36,10 +38,55 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         read_only = args.read_only,
         "volume open"
     );
-    let target = Arc::new(VolumeTarget {
-        volume,
-        read_only: args.read_only,
+    if args.journal.no_journal || args.read_only {
+        let target = VolumeTarget::new(volume, args.read_only);
+        return serve_target(&args, Arc::new(target)).await;
+    }
+    let config = store_config(&args)?;
+    let journal_dir = config.journal.dir.clone();
+    let (store, report) = Store::open(volume, config)
+        .await
+        .with_context(|| format!("opening journal {}", journal_dir.display()))?;
+    tracing::info!(
+        journal = %journal_dir.display(),
+        volume_id = %store.volume_uuid(),
+        checkpoint_lsn = report.checkpoint_lsn,
+        redone_records = report.redone_records,
+        dropped_tail_bytes = report.dropped_tail_bytes,
+        "journal recovered"
+    );
+    serve_target(&args, Arc::new(StoreTarget::new(store.clone()))).await?;
+    let lsn = store.checkpoint().await.context("final checkpoint")?;
+    tracing::info!(
+        checkpoint_lsn = lsn,
+        "volume fsynced and journal checkpointed"
+    );
+    Ok(())
+}
+
+fn store_config(args: &ServeArgs) -> anyhow::Result<StoreConfig> {
+    let j = &args.journal;
+    let dir = j.journal_dir.clone().unwrap_or_else(|| {
+        let mut name = args.volume.as_os_str().to_owned();
+        name.push(".journal");
+        PathBuf::from(name)
     });
+    let mut journal = JournalConfig::new(dir);
+    journal.capacity_bytes = j.journal_size;
+    journal.segment_bytes = j.journal_segment_size;
+    journal.max_batch_bytes =
+        usize::try_from(j.max_batch_bytes).context("--max-batch-bytes too large")?;
+    journal.max_batch_wait = j.max_batch_wait;
+    journal.region_bytes = j.region_size;
+    journal.pressure_bytes = j.journal_size / 4 * 3;
+    Ok(StoreConfig {
+        journal,
+        checkpoint_interval: j.checkpoint_interval,
+    })
+}
+
+/// Serves one export until SIGINT/SIGTERM, then lets in-flight requests finish.
+async fn serve_target<T: BlockTarget>(args: &ServeArgs, target: Arc<T>) -> anyhow::Result<()> {
     let export = Export {
         name: args.name.clone(),
         description: args.description.clone(),
@@ -80,7 +127,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .run(listeners, shutdown_signal())
         .await
         .context("NBD server failed")?;
-    tracing::info!("all connections closed; exiting");
+    tracing::info!("all connections closed");
     Ok(())
 }
 
@@ -139,123 +186,4 @@ async fn shutdown_signal() {
         signal = which,
         "shutting down: finishing in-flight requests"
     );
-}
-
-/// A plain volume as an NBD target: FUA and FLUSH are fdatasync of the volume.
-struct VolumeTarget {
-    volume: Volume,
-    read_only: bool,
-}
-
-fn target_error(err: VolumeError) -> TargetError {
-    match &err {
-        VolumeError::ReadOnly => TargetError::ReadOnly,
-        VolumeError::FastZeroUnavailable => TargetError::FastZeroUnavailable,
-        VolumeError::OutOfRange { .. } | VolumeError::TooLarge { .. } => {
-            TargetError::Invalid(err.to_string())
-        }
-        _ => match err.raw_os_error() {
-            // Keep the errno so ENOSPC/EPERM reach the client as such; the
-            // context (op, path, offset) goes to the log.
-            Some(code) => {
-                tracing::warn!(error = %err, "volume I/O failed");
-                TargetError::Io(std::io::Error::from_raw_os_error(code))
-            }
-            None => TargetError::Io(std::io::Error::other(err.to_string())),
-        },
-    }
-}
-
-impl VolumeTarget {
-    async fn durable(&self, durability: Durability) -> Result<(), TargetError> {
-        match durability {
-            Durability::Buffered => Ok(()),
-            Durability::Fua => self.volume.sync_data().await.map_err(target_error),
-        }
-    }
-}
-
-impl BlockTarget for VolumeTarget {
-    fn size_bytes(&self) -> u64 {
-        self.volume.size_bytes()
-    }
-
-    fn features(&self) -> TargetFeatures {
-        TargetFeatures {
-            read_only: self.read_only,
-            can_trim: true,
-            can_write_zeroes: true,
-            can_fast_zero: true,
-            can_cache: true,
-            preferred_block_bytes: 4096,
-        }
-    }
-
-    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, TargetError> {
-        self.volume
-            .read(offset, len as usize)
-            .await
-            .map_err(target_error)
-    }
-
-    async fn write(
-        &self,
-        offset: u64,
-        data: Bytes,
-        durability: Durability,
-    ) -> Result<(), TargetError> {
-        self.volume
-            .write(offset, data)
-            .await
-            .map_err(target_error)?;
-        self.durable(durability).await
-    }
-
-    async fn write_zeroes(
-        &self,
-        offset: u64,
-        len: u32,
-        flags: ZeroFlags,
-    ) -> Result<(), TargetError> {
-        self.volume
-            .write_zeroes(offset, u64::from(len), flags.may_trim, flags.fast_only)
-            .await
-            .map_err(target_error)?;
-        self.durable(flags.durability).await
-    }
-
-    async fn trim(&self, offset: u64, len: u32, durability: Durability) -> Result<(), TargetError> {
-        self.volume
-            .punch_hole(offset, u64::from(len))
-            .await
-            .map_err(target_error)?;
-        self.durable(durability).await
-    }
-
-    async fn flush(&self) -> Result<(), TargetError> {
-        self.volume.sync_data().await.map_err(target_error)
-    }
-
-    async fn cache(&self, offset: u64, len: u32) -> Result<(), TargetError> {
-        self.volume
-            .readahead(offset, u64::from(len))
-            .await
-            .map_err(target_error)
-    }
-
-    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, TargetError> {
-        let extents = self
-            .volume
-            .extents(offset, u64::from(len))
-            .await
-            .map_err(target_error)?;
-        Ok(extents
-            .into_iter()
-            .map(|e| Extent {
-                length_bytes: e.length_bytes,
-                hole: e.hole,
-                zero: e.zero,
-            })
-            .collect())
-    }
 }

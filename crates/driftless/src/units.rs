@@ -11,6 +11,12 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
         })
 }
 
+/// Parses "500ms", "10s", "2m" (humantime syntax).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?}: {e} (examples: \"500ms\", \"10s\")"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_bytes;
@@ -23,5 +29,15 @@ mod tests {
         assert_eq!(parse_bytes("4096"), Ok(4096));
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("-1GiB").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            super::parse_duration("500ms"),
+            Ok(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(super::parse_duration("0s"), Ok(std::time::Duration::ZERO));
+        assert!(super::parse_duration("soon").is_err());
     }
 }
