@@ -386,6 +386,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().expect("journal lock poisoned")
 }
 
+/// The first generation of a volume is derived from its UUID, so every node
+/// created for the same volume starts with the same lineage.
+pub fn initial_generation_id(volume: Uuid) -> u64 {
+    let b = volume.as_bytes();
+    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
 fn random_u64() -> u64 {
     Uuid::new_v4().as_u64_pair().0
 }
@@ -417,6 +424,21 @@ pub struct Consumer {
     name: String,
     /// Where the last disk read stopped: (segment, offset, LSN at offset).
     disk_pos: Option<DiskPos>,
+    /// Also read records that are written but not yet durable (sync peers).
+    read_written: bool,
+}
+
+/// A replica append admitted to the journal's queue; resolves once written.
+#[derive(Debug)]
+pub struct AppendHandle {
+    rx: oneshot::Receiver<Result<Lsn, JournalError>>,
+}
+
+impl AppendHandle {
+    /// Waits until the record is written (page cache), like [`Journal::append`].
+    pub async fn written(self) -> Result<Lsn, JournalError> {
+        self.rx.await.map_err(|_| JournalError::Shutdown)?
+    }
 }
 
 struct CurrentSeg {
@@ -462,7 +484,7 @@ fn create_superblock(
         checkpoint_lsn: 0,
         first_live_segment: 0,
         lineage: vec![GenerationEntry {
-            id: random_u64(),
+            id: initial_generation_id(volume.uuid),
             start_lsn: 1,
         }],
         consumers: Vec::new(),
@@ -661,6 +683,28 @@ impl Journal {
     /// Appends a record; resolves with its LSN once it is written (page
     /// cache), in LSN order. Call [`Journal::sync`] for durability.
     pub async fn append(&self, rec: NewRecord) -> Result<Lsn, JournalError> {
+        self.admit(rec, None).await?.written().await
+    }
+
+    /// Appends a record received from the primary at the primary's LSN and
+    /// generation. `lsn` must be the next LSN (no gap, no overlap) and
+    /// `generation` the current one (see [`Journal::adopt_generation`]).
+    /// Resolves once the record is queued, so a receiver can admit a whole
+    /// batch in order and then wait for the handles (one write batch).
+    pub async fn append_replica(
+        &self,
+        lsn: Lsn,
+        generation: u64,
+        rec: NewRecord,
+    ) -> Result<AppendHandle, JournalError> {
+        self.admit(rec, Some((lsn, generation))).await
+    }
+
+    async fn admit(
+        &self,
+        rec: NewRecord,
+        replica: Option<(Lsn, u64)>,
+    ) -> Result<AppendHandle, JournalError> {
         let inner = &self.inner;
         let payload_len = rec.payload.len();
         let expect_payload = if rec.kind == RecordKind::Write {
@@ -709,6 +753,19 @@ impl Journal {
                 return Err(JournalError::Shutdown);
             }
             let lsn = st.next_lsn;
+            if let Some((want_lsn, want_generation)) = replica {
+                if want_lsn != lsn {
+                    return Err(JournalError::InvalidRequest(format!(
+                        "replica record LSN {want_lsn} does not continue the journal (next LSN {lsn})"
+                    )));
+                }
+                if want_generation != st.generation {
+                    return Err(JournalError::InvalidRequest(format!(
+                        "replica record LSN {lsn} has generation {want_generation}, the journal is in generation {}",
+                        st.generation
+                    )));
+                }
+            }
             st.next_lsn += 1;
             let generation = st.generation;
             st.queue.push_back(Pending {
@@ -729,7 +786,7 @@ impl Journal {
                 inner.writer_cv.notify_one();
             }
         }
-        rx.await.map_err(|_| JournalError::Shutdown)?
+        Ok(AppendHandle { rx })
     }
 
     /// Resolves once every record up to `lsn` is durable. Concurrent calls
@@ -859,6 +916,16 @@ impl Journal {
     /// Starts generation `id` at the next LSN (on promote); persisted before
     /// any record carries it. Returns its start LSN.
     pub async fn start_generation(&self, id: u64) -> Result<Lsn, JournalError> {
+        self.push_generation(id, None).await
+    }
+
+    /// A replica takes over generation `id` of its primary, which began at
+    /// `start_lsn`: only valid when that is exactly the next LSN.
+    pub async fn adopt_generation(&self, id: u64, start_lsn: Lsn) -> Result<(), JournalError> {
+        self.push_generation(id, Some(start_lsn)).await.map(|_| ())
+    }
+
+    async fn push_generation(&self, id: u64, expect: Option<Lsn>) -> Result<Lsn, JournalError> {
         let inner = self.inner.clone();
         blocking(move || {
             let mut meta = lock(&inner.meta);
@@ -879,6 +946,11 @@ impl Journal {
                 return Err(e);
             }
             let start = st.next_lsn;
+            if expect.is_some_and(|e| e != start) {
+                return Err(JournalError::InvalidRequest(format!(
+                    "generation {id} starts at LSN {expect:?} but the next LSN is {start}"
+                )));
+            }
             meta.sb.lineage.push(GenerationEntry {
                 id,
                 start_lsn: start,
@@ -953,9 +1025,25 @@ impl Journal {
                 inner: inner.clone(),
                 name: owned,
                 disk_pos: None,
+                read_written: false,
             })
         })
         .await
+    }
+
+    /// First LSN the journal still holds (written LSN + 1 when empty).
+    pub fn oldest_lsn(&self) -> Lsn {
+        let meta = lock(&self.inner.meta);
+        let written = *self.inner.written_tx.borrow();
+        meta.segments.front().map_or(written + 1, |s| s.first_lsn)
+    }
+
+    /// [`Consumer::ack`] by name, for code that does not own the consumer.
+    pub fn ack_consumer(&self, name: &str, lsn: Lsn) {
+        let mut meta = lock(&self.inner.meta);
+        if let Some(c) = meta.consumers.get_mut(name) {
+            c.acked_lsn = c.acked_lsn.max(lsn.min(c.read_next.saturating_sub(1)));
+        }
     }
 
     /// Forgets a consumer and its bitmap; its retention no longer counts.
@@ -1365,6 +1453,50 @@ impl Consumer {
         &self.name
     }
 
+    /// `true`: [`Consumer::read_batch`] also returns records that are written
+    /// (page cache) but not yet durable, in LSN order. For sync peers, which
+    /// must receive a write before it is acknowledged; such a peer can hold a
+    /// record the primary loses in a power failure, which the caller must
+    /// detect (the peer then reports an LSN beyond the primary's log).
+    pub fn set_read_written(&mut self, yes: bool) {
+        self.read_written = yes;
+    }
+
+    /// Moves the read position to `lsn` (the peer holds everything before
+    /// it). Forward moves also release the records before `lsn`; a backward
+    /// move requires the records to still be in the journal and holds them
+    /// again. A pending fold notice is kept.
+    pub fn seek(&mut self, lsn: Lsn) -> Result<(), JournalError> {
+        let lsn = lsn.max(1);
+        let mut meta = lock(&self.inner.meta);
+        let written = *self.inner.written_tx.borrow();
+        let oldest = meta.segments.front().map_or(written + 1, |s| s.first_lsn);
+        let c = meta
+            .consumers
+            .get_mut(&self.name)
+            .ok_or_else(|| JournalError::UnknownConsumer(self.name.clone()))?;
+        if lsn > written + 1 {
+            return Err(JournalError::InvalidRequest(format!(
+                "consumer {} cannot seek to LSN {lsn}: the journal ends at {written}",
+                self.name
+            )));
+        }
+        if lsn <= c.acked_lsn && lsn < oldest {
+            return Err(JournalError::InvalidRequest(format!(
+                "consumer {} cannot seek back to LSN {lsn}: the journal starts at {oldest}",
+                self.name
+            )));
+        }
+        c.read_next = lsn;
+        c.acked_lsn = if lsn <= c.acked_lsn {
+            lsn - 1
+        } else {
+            c.acked_lsn
+        };
+        self.disk_pos = None;
+        Ok(())
+    }
+
     /// Next LSN this consumer will read.
     pub fn next_lsn(&self) -> Result<Lsn, JournalError> {
         lock(&self.inner.meta)
@@ -1386,7 +1518,11 @@ impl Consumer {
 
     /// Next batch of durable records (waits for one), or a fold notice.
     pub async fn read_batch(&mut self, max_bytes: usize) -> Result<ReadBatch, JournalError> {
-        let mut durable_rx = self.inner.durable_tx.subscribe();
+        let mut durable_rx = if self.read_written {
+            self.inner.written_tx.subscribe()
+        } else {
+            self.inner.durable_tx.subscribe()
+        };
         loop {
             let (next, folds) = {
                 let mut meta = lock(&self.inner.meta);
@@ -1407,6 +1543,13 @@ impl Consumer {
             if next > durable {
                 if let Some(e) = lock(&self.inner.state).failed_error() {
                     return Err(e);
+                }
+                if self.read_written {
+                    // The bound is the written watermark: just wait for it.
+                    if durable_rx.changed().await.is_err() {
+                        return Err(JournalError::Shutdown);
+                    }
+                    continue;
                 }
                 let waited = tokio::time::timeout(CONSUMER_SYNC_DELAY, durable_rx.changed()).await;
                 match waited {

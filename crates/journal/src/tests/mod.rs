@@ -2,6 +2,7 @@
 
 mod basic;
 mod crash;
+mod replica;
 mod retention;
 
 use std::path::{Path, PathBuf};
