@@ -22,8 +22,8 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::codec::{
     Command, Decoded, ExportInfo, Handshake, HandshakeLimits, HandshakeStatus, ReplyFrame, Request,
-    RequestDecoder, TransmissionConfig, DEFAULT_MAX_OPTIONS, DEFAULT_MAX_OPTION_BYTES,
-    DEFAULT_MAX_PAYLOAD_BYTES,
+    RequestDecoder, TransmissionConfig, DEFAULT_COPY_WRITE_PAYLOAD_BELOW_BYTES,
+    DEFAULT_MAX_OPTIONS, DEFAULT_MAX_OPTION_BYTES, DEFAULT_MAX_PAYLOAD_BYTES,
 };
 use crate::error::NbdError;
 use crate::proto::{self, error as nbd_err, transmission_flags as tf};
@@ -66,6 +66,9 @@ pub struct ServerLimits {
     /// Minimum size of each socket read (reads are larger when a WRITE
     /// payload needs more).
     pub read_chunk_bytes: usize,
+    /// WRITE payloads shorter than this are copied into their own buffer
+    /// instead of pinning the socket read buffer (see `TransmissionConfig`).
+    pub copy_write_payload_below_bytes: u32,
 }
 
 impl Default for ServerLimits {
@@ -80,6 +83,7 @@ impl Default for ServerLimits {
             max_options_per_handshake: DEFAULT_MAX_OPTIONS,
             shutdown_grace_period: Duration::from_secs(30),
             read_chunk_bytes: 256 * 1024,
+            copy_write_payload_below_bytes: DEFAULT_COPY_WRITE_PAYLOAD_BELOW_BYTES,
         }
     }
 }
@@ -97,6 +101,8 @@ enum Stream {
 
 /// Replies the writer batches into one vectored write.
 const MAX_REPLY_BATCH: usize = 64;
+/// Below this much free room the read buffer is grown before the next read.
+const MIN_READ_SPARE_BYTES: usize = 64 * 1024;
 
 /// An NBD server over one or more exports.
 pub struct Server<T: BlockTarget> {
@@ -408,6 +414,7 @@ where
         structured_replies: negotiated.structured_replies,
         base_allocation_id: negotiated.base_allocation_id,
         max_payload_bytes: limits.max_payload_bytes,
+        copy_write_payload_below_bytes: limits.copy_write_payload_below_bytes,
     };
     transmission(export.target.clone(), cfg, limits, r, w, buf, stop).await
 }
@@ -536,12 +543,13 @@ where
                 Err(e) => break 'read End::Protocol(e),
             }
         }
-        let wanted = decoder.bytes_wanted();
-        buf.reserve(
-            wanted
-                .saturating_sub(buf.len())
-                .max(limits.read_chunk_bytes),
-        );
+        // Grow only when little room is left: split-off WRITE payloads keep
+        // the old allocation alive, so growing means a fresh buffer.
+        let need = decoder.bytes_wanted().saturating_sub(buf.len());
+        let spare = buf.capacity() - buf.len();
+        if spare < need.max(limits.read_chunk_bytes.min(MIN_READ_SPARE_BYTES)) {
+            buf.reserve(need.max(limits.read_chunk_bytes));
+        }
         tokio::select! {
             biased;
             _ = stop.changed() => break End::Shutdown,

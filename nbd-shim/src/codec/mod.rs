@@ -17,7 +17,7 @@ pub use handshake::{
 pub use reply::{ReplyFrame, MAX_BLOCK_STATUS_EXTENTS, MAX_REPLY_HEAD_BYTES};
 pub use transmission::{
     Command, Decoded, Rejection, Request, RequestDecoder, TransmissionConfig,
-    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_COPY_WRITE_PAYLOAD_BELOW_BYTES, DEFAULT_MAX_PAYLOAD_BYTES,
 };
 
 #[cfg(test)]

@@ -518,6 +518,30 @@ fn byte_by_byte_equals_all_at_once_and_leftovers_stay() {
     assert_eq!(piecewise.take_output(), out_whole);
 }
 
+#[test]
+fn options_after_go_are_a_transmission_protocol_error() {
+    let mut bytes = fixed().to_be_bytes().to_vec();
+    bytes.extend(option(opt::GO, &info_payload("disk", &[])));
+    bytes.extend(option(opt::LIST, b"xxxxxxxxxxxx"));
+    let mut hs = Handshake::new(exports(), HandshakeLimits::default());
+    let mut input = BytesMut::from(&bytes[..]);
+    let HandshakeStatus::Done(n) = hs.advance(&mut input).unwrap() else {
+        panic!()
+    };
+    let mut d = RequestDecoder::new(TransmissionConfig {
+        size_bytes: n.size_bytes,
+        transmission_flags: n.transmission_flags,
+        structured_replies: n.structured_replies,
+        base_allocation_id: n.base_allocation_id,
+        max_payload_bytes: 1 << 20,
+        copy_write_payload_below_bytes: 0,
+    });
+    assert!(matches!(
+        d.decode(&mut input),
+        Err(NbdError::BadRequestMagic { .. })
+    ));
+}
+
 // ---- transmission ----
 
 fn cfg() -> TransmissionConfig {
@@ -527,6 +551,7 @@ fn cfg() -> TransmissionConfig {
         structured_replies: true,
         base_allocation_id: Some(1),
         max_payload_bytes: 64 * 1024,
+        copy_write_payload_below_bytes: 512,
     }
 }
 

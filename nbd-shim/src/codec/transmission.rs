@@ -9,6 +9,9 @@ use crate::target::{Durability, ZeroFlags};
 /// Default cap on READ/WRITE payloads (32 MiB, what the Linux client uses).
 pub const DEFAULT_MAX_PAYLOAD_BYTES: u32 = 32 * 1024 * 1024;
 
+/// Default for [`TransmissionConfig::copy_write_payload_below_bytes`].
+pub const DEFAULT_COPY_WRITE_PAYLOAD_BELOW_BYTES: u32 = 64 * 1024;
+
 /// How far a rejected WRITE payload is drained per step; only a hint, the
 /// drain never needs more than what is already buffered.
 const DISCARD_HINT_BYTES: usize = 256 * 1024;
@@ -23,6 +26,11 @@ pub struct TransmissionConfig {
     pub base_allocation_id: Option<u32>,
     /// READ and WRITE lengths above this are refused (EINVAL).
     pub max_payload_bytes: u32,
+    /// WRITE payloads shorter than this are copied out of the socket buffer
+    /// into their own allocation; longer ones are split off without a copy.
+    /// A small payload split off would pin the whole (large) read buffer for
+    /// as long as the journal and peers hold it, and defeat buffer reuse.
+    pub copy_write_payload_below_bytes: u32,
 }
 
 /// A valid request, ready to run against a target.
@@ -175,7 +183,13 @@ impl RequestDecoder {
                         return Ok(None);
                     }
                     let h = *h;
-                    let data = buf.split_to(len).freeze();
+                    let data = if h.len < self.cfg.copy_write_payload_below_bytes {
+                        let data = Bytes::copy_from_slice(&buf[..len]);
+                        buf.advance(len);
+                        data
+                    } else {
+                        buf.split_to(len).freeze()
+                    };
                     self.state = State::Header;
                     return Ok(Some(Decoded::Request(Request {
                         cookie: h.cookie,
