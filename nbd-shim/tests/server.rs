@@ -686,7 +686,9 @@ async fn unknown_export_and_abort() {
     assert_eq!(opt_reply(&mut s).await.1, rep::ERR_UNKNOWN);
     opt_send(&mut s, opt::LIST, b"").await;
     let (_, kind, data) = opt_reply(&mut s).await;
-    assert_eq!((kind, &data[4..]), (rep::SERVER, &b"disk"[..]));
+    // Name "disk", then its description as the details.
+    assert_eq!((kind, &data[4..8]), (rep::SERVER, &b"disk"[..]));
+    assert_eq!(&data[8..], b"disk export");
     assert_eq!(opt_reply(&mut s).await.1, rep::ACK);
     opt_send(&mut s, opt::ABORT, b"").await;
     assert_eq!(opt_reply(&mut s).await.1, rep::ACK);

@@ -328,10 +328,15 @@ impl Handshake {
                     return Ok(OptOutcome::Continue);
                 }
                 for i in 0..self.exports.len() {
-                    let name = self.exports[i].name.clone();
-                    let mut data = Vec::with_capacity(4 + name.len());
+                    let export = &self.exports[i];
+                    let name = export.name.as_bytes();
+                    // The rest of the reply is the export's free-form details
+                    // (nbdinfo --list shows it as the description).
+                    let details = export.description.as_deref().unwrap_or("").as_bytes();
+                    let mut data = Vec::with_capacity(4 + name.len() + details.len());
                     data.extend_from_slice(&(name.len() as u32).to_be_bytes());
-                    data.extend_from_slice(name.as_bytes());
+                    data.extend_from_slice(name);
+                    data.extend_from_slice(details);
                     self.reply(option, rep::SERVER, &data);
                 }
                 self.reply(option, rep::ACK, &[]);

@@ -191,7 +191,9 @@ fn list_sends_every_export_then_ack() {
     let r = parse_replies(&out);
     assert_eq!(r.len(), 3);
     assert_eq!(r[0].kind, rep::SERVER);
-    assert_eq!(&r[0].data, &[0, 0, 0, 4, b'd', b'i', b's', b'k']);
+    // Name length, name, then the description as the reply's details.
+    assert_eq!(&r[0].data[..8], &[0, 0, 0, 4, b'd', b'i', b's', b'k']);
+    assert_eq!(&r[0].data[8..], b"the main disk");
     assert_eq!(&r[1].data[4..], b"ro");
     assert_eq!(r[2].kind, rep::ACK);
 
