@@ -82,6 +82,8 @@ fn store_config(args: &ServeArgs) -> anyhow::Result<StoreConfig> {
     Ok(StoreConfig {
         journal,
         checkpoint_interval: j.checkpoint_interval,
+        // A volume served alone gets a fresh identity when its journal is made.
+        volume_uuid: None,
     })
 }
 
