@@ -1031,6 +1031,17 @@ impl Journal {
         .await
     }
 
+    /// The LSN the next append gets (records queued but not yet written
+    /// count as taken).
+    pub fn next_lsn(&self) -> Lsn {
+        lock(&self.inner.state).next_lsn
+    }
+
+    /// Dirty-bitmap region size (fixed at creation).
+    pub fn region_bytes(&self) -> u64 {
+        self.inner.cfg.region_bytes
+    }
+
     /// First LSN the journal still holds (written LSN + 1 when empty).
     pub fn oldest_lsn(&self) -> Lsn {
         let meta = lock(&self.inner.meta);

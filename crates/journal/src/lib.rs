@@ -24,8 +24,8 @@ pub type Lsn = u64;
 pub use bitmap::DirtyBitmap;
 pub use error::JournalError;
 pub use journal::{
-    initial_generation_id, AppendHandle, Consumer, Journal, JournalConfig, JournalStats,
-    NewRecord, ReadBatch, VolumeIdentity,
+    initial_generation_id, AppendHandle, Consumer, Journal, JournalConfig, JournalStats, NewRecord,
+    ReadBatch, VolumeIdentity,
 };
 pub use record::{decode_record, DecodedRecord, RecordError, RecordHeader, RecordKind, Salt};
 pub use recovery::{LogRecord, Recovery};

@@ -13,7 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use journal::{Journal, JournalConfig, JournalError, Lsn, NewRecord, RecordKind, VolumeIdentity};
+use journal::{
+    AppendHandle, Journal, JournalConfig, JournalError, Lsn, NewRecord, RecordKind, VolumeIdentity,
+};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use volume::{Volume, VolumeError};
@@ -27,6 +29,10 @@ pub struct StoreConfig {
     /// The volume is fsynced and the journal checkpointed at least this often
     /// (and sooner when the journal reports space pressure).
     pub checkpoint_interval: Duration,
+    /// The volume's configured identity, shared by all its nodes. When set it
+    /// must match the `volume-id` file beside the journal, or is written there
+    /// when the journal is created; `None` makes a new random one.
+    pub volume_uuid: Option<Uuid>,
 }
 
 /// A volume behind its journal.
@@ -60,7 +66,7 @@ impl Store {
         volume: Volume,
         cfg: StoreConfig,
     ) -> Result<(Arc<Store>, RecoveryReport), StoreError> {
-        let uuid = load_or_create_volume_id(&cfg.journal.dir)?;
+        let uuid = load_or_create_volume_id(&cfg.journal.dir, cfg.volume_uuid)?;
         let identity = VolumeIdentity {
             uuid,
             size_bytes: volume.size_bytes(),
@@ -225,6 +231,41 @@ impl Store {
         Ok(lsn)
     }
 
+    /// Queues a record received from the primary at its LSN (see
+    /// [`Journal::append_replica`]); the handle resolves once it is written.
+    /// Call [`Store::apply_replica`] for it afterwards, in LSN order.
+    pub async fn append_replica(
+        &self,
+        lsn: Lsn,
+        generation: u64,
+        record: NewRecord,
+    ) -> Result<AppendHandle, StoreError> {
+        self.check_failed()?;
+        Ok(self.journal.append_replica(lsn, generation, record).await?)
+    }
+
+    /// Applies a journaled replica record to the volume. Callers apply in
+    /// LSN order; overlapping changes are also serialized by the range
+    /// lock, like local changes.
+    pub async fn apply_replica(
+        &self,
+        lsn: Lsn,
+        kind: RecordKind,
+        offset: u64,
+        length: u64,
+        payload: Bytes,
+    ) -> Result<(), StoreError> {
+        self.check_failed()?;
+        let _guard = self.ranges.acquire(offset, length).await;
+        if let Err(err) = apply(&self.volume, kind, offset, length, payload).await {
+            return Err(self.fail(format!(
+                "applying replica LSN {lsn} to the volume failed: {err}"
+            )));
+        }
+        self.journal.mark_applied(lsn);
+        Ok(())
+    }
+
     /// Asks the checkpointer to run now.
     pub fn request_checkpoint(&self) {
         self.checkpoint_now.notify_one();
@@ -376,17 +417,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The volume's identity lives beside its journal; it is made once, when the
 /// journal is created, and written atomically.
-fn load_or_create_volume_id(dir: &Path) -> Result<Uuid, StoreError> {
+fn load_or_create_volume_id(dir: &Path, expected: Option<Uuid>) -> Result<Uuid, StoreError> {
     let path: PathBuf = dir.join("volume-id");
     match std::fs::read_to_string(&path) {
-        Ok(text) => Uuid::parse_str(text.trim()).map_err(|e| StoreError::Metadata {
-            path: path.clone(),
-            reason: format!("not a UUID: {e}"),
-        }),
+        Ok(text) => {
+            let found = Uuid::parse_str(text.trim()).map_err(|e| StoreError::Metadata {
+                path: path.clone(),
+                reason: format!("not a UUID: {e}"),
+            })?;
+            match expected {
+                Some(want) if want != found => Err(StoreError::Metadata {
+                    path: path.clone(),
+                    reason: format!(
+                        "journal belongs to volume {found}, but the configuration says {want}"
+                    ),
+                }),
+                _ => Ok(found),
+            }
+        }
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::io("creating journal directory", dir, e))?;
-            let uuid = Uuid::new_v4();
+            let uuid = expected.unwrap_or_else(Uuid::new_v4);
             let tmp = dir.join("volume-id.tmp");
             let write = || -> std::io::Result<()> {
                 use std::io::Write;

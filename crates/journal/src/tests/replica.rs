@@ -33,7 +33,10 @@ fn replica_appends_keep_the_primary_lsns_and_refuse_gaps() {
                 assert_eq!(h.written().await.unwrap(), i as u64 + 1);
             }
             let gap = j.append_replica(7, g, NewRecord::trim(0, 512)).await;
-            assert!(matches!(gap, Err(JournalError::InvalidRequest(_))), "{gap:?}");
+            assert!(
+                matches!(gap, Err(JournalError::InvalidRequest(_))),
+                "{gap:?}"
+            );
             let old = j.append_replica(5, g, NewRecord::trim(0, 512)).await;
             assert!(old.is_err());
             let wrong_gen = j.append_replica(6, g + 1, NewRecord::trim(0, 512)).await;
@@ -41,7 +44,10 @@ fn replica_appends_keep_the_primary_lsns_and_refuse_gaps() {
             // A generation is adopted only at exactly the next LSN.
             assert!(j.adopt_generation(99, 7).await.is_err());
             j.adopt_generation(99, 6).await.unwrap();
-            let h = j.append_replica(6, 99, NewRecord::trim(0, 512)).await.unwrap();
+            let h = j
+                .append_replica(6, 99, NewRecord::trim(0, 512))
+                .await
+                .unwrap();
             assert_eq!(h.written().await.unwrap(), 6);
             j.sync(6).await.unwrap();
         });

@@ -1,0 +1,218 @@
+//! Configuration and status types of the engine (the daemon builds these
+//! from its TOML and serializes the status for the CLI).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use transport::{QuicTuning, TlsIdentity};
+
+use crate::error::EngineError;
+
+/// How the primary waits for a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMode {
+    /// Protocol C: a write is acknowledged once the peer journaled it; FLUSH
+    /// and FUA once it is durable there.
+    Sync,
+    /// Shipped from the journal in LSN order; the primary never waits.
+    Async,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// TCP + mutual TLS (metro peers).
+    Tcp,
+    /// QUIC with mutual TLS (DR peers over long fat links).
+    Quic,
+}
+
+/// What writes do while a sync peer is disconnected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncPeerLossPolicy {
+    /// Writes and flushes wait for the peer up to `timeout` (counted from
+    /// the disconnect), then the peer is degraded and they carry on.
+    Suspend { timeout: Duration },
+    /// Carry on at once; the peer is marked degraded.
+    Degrade,
+}
+
+impl std::fmt::Display for SyncPeerLossPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SyncPeerLossPolicy::Suspend { timeout } => write!(f, "suspend({timeout:?})"),
+            SyncPeerLossPolicy::Degrade => f.write_str("degrade"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// The peer's node name = the name in its certificate (TLS server name).
+    pub name: String,
+    pub mode: PeerMode,
+    pub transport: TransportKind,
+    pub address: SocketAddr,
+    /// Shipped but unacknowledged bytes; at the limit the session waits for
+    /// acks (never the write path of an async peer).
+    pub max_inflight_bytes: u64,
+    /// One `Records` frame stops growing past this.
+    pub max_batch_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct PrimaryConfig {
+    pub node_id: String,
+    pub peers: Vec<PeerConfig>,
+    pub on_sync_peer_loss: SyncPeerLossPolicy,
+    /// Reconnect backoff: starts at `reconnect_min`, doubles per failure,
+    /// capped at `reconnect_max`.
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// A Ping is sent when nothing else was sent for this long.
+    pub keepalive_interval: Duration,
+    /// A session that received nothing for this long (and the handshake
+    /// taking longer) is dead.
+    pub peer_timeout: Duration,
+    /// Shutdown lets sessions ship what they can for at most this long.
+    pub drain_timeout: Duration,
+    pub tls: Arc<TlsIdentity>,
+    pub quic: QuicTuning,
+}
+
+impl PrimaryConfig {
+    /// Defaults for everything but the identity and the peers.
+    pub fn new(node_id: impl Into<String>, tls: Arc<TlsIdentity>, peers: Vec<PeerConfig>) -> Self {
+        PrimaryConfig {
+            node_id: node_id.into(),
+            peers,
+            on_sync_peer_loss: SyncPeerLossPolicy::Suspend {
+                timeout: Duration::from_secs(10),
+            },
+            reconnect_min: Duration::from_millis(200),
+            reconnect_max: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(5),
+            tls,
+            quic: QuicTuning::default(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), EngineError> {
+        let bad = |m: String| Err(EngineError::Config(m));
+        if self.node_id.is_empty() || self.node_id.len() > wire::MAX_NODE_ID_BYTES {
+            return bad("node_id must be 1..=255 bytes".into());
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_max < self.reconnect_min {
+            return bad("reconnect_min must be > 0 and <= reconnect_max".into());
+        }
+        if self.keepalive_interval.is_zero() || self.peer_timeout <= self.keepalive_interval {
+            return bad("keepalive_interval must be > 0 and < peer_timeout".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for p in &self.peers {
+            if !names.insert(p.name.as_str()) {
+                return bad(format!("peer {:?} is configured twice", p.name));
+            }
+            if transport::validate_node_name(&p.name).is_err() {
+                return bad(format!(
+                    "peer name {:?} must be a certificate node name ([A-Za-z0-9.-])",
+                    p.name
+                ));
+            }
+            if p.max_batch_bytes == 0 || p.max_inflight_bytes == 0 {
+                return bad(format!(
+                    "peer {}: max_batch_bytes and max_inflight_bytes must be > 0",
+                    p.name
+                ));
+            }
+            if p.max_batch_bytes as u64 + 4096 > wire::DEFAULT_MAX_FRAME_BYTES as u64 {
+                return bad(format!(
+                    "peer {}: max_batch_bytes must stay below the wire frame limit ({} bytes)",
+                    p.name,
+                    wire::DEFAULT_MAX_FRAME_BYTES
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SecondaryConfig {
+    pub node_id: String,
+    pub listen_tcp: Option<SocketAddr>,
+    pub listen_quic: Option<SocketAddr>,
+    pub keepalive_interval: Duration,
+    pub peer_timeout: Duration,
+    pub tls: Arc<TlsIdentity>,
+    pub quic: QuicTuning,
+}
+
+impl SecondaryConfig {
+    pub fn new(node_id: impl Into<String>, tls: Arc<TlsIdentity>) -> Self {
+        SecondaryConfig {
+            node_id: node_id.into(),
+            listen_tcp: None,
+            listen_quic: None,
+            keepalive_interval: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(10),
+            tls,
+            quic: QuicTuning::default(),
+        }
+    }
+}
+
+/// What `driftless status` shows for one volume on one node.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct VolumeStatus {
+    pub role: String,
+    pub volume_uuid: String,
+    pub generation: u64,
+    pub lineage: Vec<(u64, u64)>,
+    pub written_lsn: u64,
+    pub durable_lsn: u64,
+    pub applied_lsn: u64,
+    pub checkpoint_lsn: u64,
+    /// `false` while the volume is not a prefix of the primary's history
+    /// (during a bitmap resync, not implemented yet).
+    pub consistent: bool,
+    pub sync_peer_loss_policy: String,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+pub struct PeerStatus {
+    pub name: String,
+    pub mode: String,
+    pub transport: String,
+    pub address: String,
+    /// connecting | connected | disconnected | refused:<why> | needs-resync | degraded
+    pub state: String,
+    /// Highest LSN the peer journaled (and applied).
+    pub acked_lsn: u64,
+    /// Highest LSN durable on the peer.
+    pub durable_lsn: u64,
+    pub lag_bytes: u64,
+    pub lag_records: u64,
+    /// Age of the oldest write the peer has not acknowledged.
+    pub lag_seconds: f64,
+    pub throughput_bytes_per_sec: f64,
+    pub last_error: Option<String>,
+    pub dirty_regions: u64,
+}
+
+pub(crate) fn mode_name(m: PeerMode) -> &'static str {
+    match m {
+        PeerMode::Sync => "sync",
+        PeerMode::Async => "async",
+    }
+}
+
+pub(crate) fn transport_name(t: TransportKind) -> &'static str {
+    match t {
+        TransportKind::Tcp => "tcp",
+        TransportKind::Quic => "quic",
+    }
+}

@@ -1,0 +1,593 @@
+//! The secondary: listens for its primary over TCP+TLS and/or QUIC,
+//! journals every received record at the primary's LSN, applies records to
+//! the volume in LSN order, and acknowledges.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use journal::{AppendHandle, Lsn};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use transport::{QuicEndpoint, TcpTlsListener, TransportError};
+use wire::{ByeCode, Hello, LineageEntry, Message, RefuseCode, Role, WireRecord};
+
+use crate::config::{PeerStatus, SecondaryConfig, VolumeStatus};
+use crate::conn::{self, Conn, MsgReader, MsgWriter};
+use crate::core::{secondary_verdict, validate_batch};
+use crate::error::EngineError;
+use crate::primary::volume_status;
+use crate::store::Store;
+
+/// Received batches queued for the applier; bounds memory to this many
+/// frames (each ≤ the wire frame limit) per session.
+const APPLY_QUEUE_BATCHES: usize = 4;
+/// Outgoing messages queued for the writer.
+const OUT_QUEUE_MESSAGES: usize = 64;
+/// A replaced session of the same primary must end within this.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+struct Active {
+    node_id: String,
+    address: SocketAddr,
+    stop: Arc<tokio::sync::Notify>,
+    finished: watch::Receiver<bool>,
+}
+
+/// (node id, transport, address) of a primary.
+type SeenPrimary = (String, &'static str, SocketAddr);
+
+struct Inner {
+    store: Arc<Store>,
+    cfg: SecondaryConfig,
+    active: tokio::sync::Mutex<Option<Active>>,
+    /// Shown in status: the last primary seen and the last error.
+    last: Mutex<(Option<SeenPrimary>, Option<String>)>,
+    closing: watch::Sender<bool>,
+}
+
+pub struct Secondary {
+    inner: Arc<Inner>,
+    tcp_addr: Option<SocketAddr>,
+    quic_addr: Option<SocketAddr>,
+    quic: Option<QuicEndpoint>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Secondary {
+    pub async fn start(
+        store: Arc<Store>,
+        cfg: SecondaryConfig,
+    ) -> Result<Arc<Secondary>, EngineError> {
+        if cfg.listen_tcp.is_none() && cfg.listen_quic.is_none() {
+            return Err(EngineError::Config(
+                "a secondary needs listen_tcp and/or listen_quic".into(),
+            ));
+        }
+        if cfg.keepalive_interval.is_zero() || cfg.peer_timeout <= cfg.keepalive_interval {
+            return Err(EngineError::Config(
+                "keepalive_interval must be > 0 and < peer_timeout".into(),
+            ));
+        }
+        let tcp = match cfg.listen_tcp {
+            Some(a) => Some(TcpTlsListener::bind(a, &cfg.tls).await?),
+            None => None,
+        };
+        let quic = match cfg.listen_quic {
+            Some(a) => Some(QuicEndpoint::bind(a, &cfg.tls, &cfg.quic)?),
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+        let quic_addr = quic.as_ref().map(|q| q.local_addr()).transpose()?;
+        let inner = Arc::new(Inner {
+            store,
+            cfg,
+            active: tokio::sync::Mutex::new(None),
+            last: Mutex::new((None, None)),
+            closing: watch::Sender::new(false),
+        });
+        let mut tasks = Vec::new();
+        if let Some(l) = tcp {
+            tasks.push(tokio::spawn(accept_tcp(inner.clone(), l)));
+        }
+        if let Some(q) = quic.clone() {
+            tasks.push(tokio::spawn(accept_quic(inner.clone(), q)));
+        }
+        tracing::info!(?tcp_addr, ?quic_addr, "secondary listening");
+        Ok(Arc::new(Secondary {
+            inner,
+            tcp_addr,
+            quic_addr,
+            quic,
+            tasks: Mutex::new(tasks),
+        }))
+    }
+
+    /// Bound TCP and QUIC addresses (resolves port 0).
+    pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (self.tcp_addr, self.quic_addr)
+    }
+
+    pub fn status(&self) -> VolumeStatus {
+        let j = self.inner.store.journal();
+        let (last, err) = lock(&self.inner.last).clone();
+        let connected = self
+            .inner
+            .active
+            .try_lock()
+            .map(|a| a.is_some())
+            .unwrap_or(true);
+        let peers = last
+            .map(|(name, transport, addr)| PeerStatus {
+                name,
+                mode: "primary".into(),
+                transport: transport.into(),
+                address: addr.to_string(),
+                state: if connected {
+                    "connected"
+                } else {
+                    "disconnected"
+                }
+                .into(),
+                acked_lsn: j.written_lsn(),
+                durable_lsn: j.durable_lsn(),
+                lag_bytes: 0,
+                lag_records: 0,
+                lag_seconds: 0.0,
+                throughput_bytes_per_sec: 0.0,
+                last_error: err.clone(),
+                dirty_regions: 0,
+            })
+            .into_iter()
+            .collect();
+        let mut st = volume_status(&self.inner.store, "secondary", "n/a".into(), peers);
+        if st.peers.is_empty() {
+            if let Some(e) = err {
+                st.peers.push(PeerStatus {
+                    name: "(incoming)".into(),
+                    mode: "primary".into(),
+                    transport: "-".into(),
+                    address: "-".into(),
+                    state: "disconnected".into(),
+                    acked_lsn: 0,
+                    durable_lsn: 0,
+                    lag_bytes: 0,
+                    lag_records: 0,
+                    lag_seconds: 0.0,
+                    throughput_bytes_per_sec: 0.0,
+                    last_error: Some(e),
+                    dirty_regions: 0,
+                });
+            }
+        }
+        st
+    }
+
+    /// Stops listening, ends the session (everything received is applied
+    /// first) and closes the endpoints.
+    pub async fn shutdown(&self) {
+        self.inner.closing.send_replace(true);
+        if let Some(a) = self.inner.active.lock().await.as_ref() {
+            a.stop.notify_one();
+        }
+        let tasks: Vec<_> = lock(&self.tasks).drain(..).collect();
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(self.inner.cfg.peer_timeout, t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        // Wait for the session to finish applying.
+        let finished = self
+            .inner
+            .active
+            .lock()
+            .await
+            .as_ref()
+            .map(|a| a.finished.clone());
+        if let Some(mut f) = finished {
+            let _ = tokio::time::timeout(self.inner.cfg.peer_timeout, f.wait_for(|d| *d)).await;
+        }
+        if let Some(q) = &self.quic {
+            q.close();
+        }
+        tracing::info!("secondary shut down");
+    }
+}
+
+impl Drop for Secondary {
+    fn drop(&mut self) {
+        for t in lock(&self.tasks).iter() {
+            t.abort();
+        }
+    }
+}
+
+fn note_error(inner: &Inner, e: String) {
+    tracing::warn!(error = %e, "replication connection refused or failed");
+    lock(&inner.last).1 = Some(e);
+}
+
+async fn accept_tcp(inner: Arc<Inner>, l: TcpTlsListener) {
+    let mut closing = inner.closing.subscribe();
+    loop {
+        // The TLS handshake runs inside accept: bound it so a silent client
+        // cannot hold the listener.
+        let accepted = tokio::select! {
+            _ = closing.wait_for(|c| *c) => return,
+            r = tokio::time::timeout(inner.cfg.peer_timeout, l.accept()) => r,
+        };
+        match accepted {
+            Err(_) => continue,
+            Ok(Err(e)) => note_error(&inner, format!("incoming TCP connection: {e}")),
+            Ok(Ok(c)) => {
+                tokio::spawn(serve(inner.clone(), conn::from_tls(c), "tcp"));
+            }
+        }
+    }
+}
+
+async fn accept_quic(inner: Arc<Inner>, q: QuicEndpoint) {
+    let mut closing = inner.closing.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            _ = closing.wait_for(|c| *c) => return,
+            r = tokio::time::timeout(inner.cfg.peer_timeout, q.accept()) => r,
+        };
+        match accepted {
+            Err(_) => continue,
+            Ok(Err(TransportError::EndpointClosed)) => return,
+            Ok(Err(e)) => note_error(&inner, format!("incoming QUIC connection: {e}")),
+            Ok(Ok(s)) => {
+                tokio::spawn(serve(inner.clone(), conn::from_quic(s, None), "quic"));
+            }
+        }
+    }
+}
+
+fn local_hello(store: &Store, node_id: &str) -> Hello {
+    let j = store.journal();
+    Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        node_id: node_id.to_owned(),
+        volume_uuid: store.volume_uuid(),
+        volume_size_bytes: store.volume().size_bytes(),
+        region_bytes: j.region_bytes(),
+        lineage: j
+            .lineage()
+            .into_iter()
+            .map(|(generation_id, start_lsn)| LineageEntry {
+                generation_id,
+                start_lsn,
+            })
+            .collect(),
+        role: Role::Secondary,
+        // The last LSN the journal holds (no session is running, so nothing
+        // is queued): the stream continues after it.
+        durable_lsn: j.next_lsn() - 1,
+    }
+}
+
+async fn refuse(w: &mut MsgWriter, code: RefuseCode, text: &str) {
+    let _ = w
+        .send(&Message::Refuse {
+            code,
+            text: text.to_owned(),
+        })
+        .await;
+    w.shutdown().await;
+}
+
+/// One incoming connection: handshake, then the session.
+async fn serve(inner: Arc<Inner>, mut c: Conn, transport: &'static str) {
+    let t = inner.cfg.peer_timeout;
+    let from = format!("{} ({}, {transport})", c.peer_name, c.peer_addr);
+    let hello = match tokio::time::timeout(t, c.reader.recv()).await {
+        Err(_) => return note_error(&inner, format!("{from}: no Hello within {t:?}")),
+        Ok(Err(e)) => return note_error(&inner, format!("{from}: handshake: {e}")),
+        Ok(Ok(Message::Hello(h))) => h,
+        Ok(Ok(other)) => {
+            let _ = c
+                .writer
+                .send(&Message::Bye {
+                    code: ByeCode::ProtocolError,
+                    text: "expected Hello".into(),
+                })
+                .await;
+            return note_error(
+                &inner,
+                format!(
+                    "{from}: protocol: expected Hello, got {:?}",
+                    other.message_type()
+                ),
+            );
+        }
+    };
+    // One primary session at a time; the same primary reconnecting replaces
+    // its stale session.
+    let mut active = inner.active.lock().await;
+    if let Some(a) = active.as_ref() {
+        if a.node_id != hello.node_id {
+            let why = format!(
+                "another primary session is active ({} from {}); refusing {}",
+                a.node_id, a.address, hello.node_id
+            );
+            drop(active);
+            refuse(&mut c.writer, RefuseCode::Busy, &why).await;
+            return note_error(&inner, format!("{from}: {why}"));
+        }
+        a.stop.notify_one();
+        let mut f = a.finished.clone();
+        if tokio::time::timeout(TAKEOVER_WAIT, f.wait_for(|d| *d))
+            .await
+            .is_err()
+        {
+            drop(active);
+            refuse(
+                &mut c.writer,
+                RefuseCode::Busy,
+                "previous session still ending",
+            )
+            .await;
+            return note_error(&inner, format!("{from}: previous session did not end"));
+        }
+    }
+    if *inner.closing.borrow() {
+        drop(active);
+        refuse(
+            &mut c.writer,
+            RefuseCode::NotAllowed,
+            "secondary shutting down",
+        )
+        .await;
+        return;
+    }
+    let local = local_hello(&inner.store, &inner.cfg.node_id);
+    if let Err((code, why)) = secondary_verdict(&local, &hello) {
+        drop(active);
+        refuse(&mut c.writer, code, &why).await;
+        tracing::error!(primary = %hello.node_id, reason = %why, "refused primary");
+        return note_error(&inner, format!("{from}: refused: {why}"));
+    }
+    if let Err(e) = c.writer.send(&Message::HelloAck(local.clone())).await {
+        return note_error(&inner, format!("{from}: sending HelloAck: {e}"));
+    }
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (fin_tx, fin_rx) = watch::channel(false);
+    *active = Some(Active {
+        node_id: hello.node_id.clone(),
+        address: c.peer_addr,
+        stop: stop.clone(),
+        finished: fin_rx,
+    });
+    drop(active);
+    *lock(&inner.last) = (Some((hello.node_id.clone(), transport, c.peer_addr)), None);
+    tracing::info!(primary = %hello.node_id, transport, next_lsn = local.durable_lsn + 1, "primary session started");
+    let result = session(&inner, c, &hello, stop).await;
+    match &result {
+        Ok(()) => tracing::info!(primary = %hello.node_id, "primary session ended"),
+        Err(e) => note_error(&inner, format!("{from}: session closed: {e}")),
+    }
+    let mut active = inner.active.lock().await;
+    if active
+        .as_ref()
+        .is_some_and(|a| a.finished.same_channel(&fin_tx.subscribe()))
+    {
+        *active = None;
+    }
+    let _ = fin_tx.send(true);
+}
+
+type Batch = Vec<(WireRecord, AppendHandle)>;
+
+async fn session(
+    inner: &Arc<Inner>,
+    c: Conn,
+    hello: &Hello,
+    stop: Arc<tokio::sync::Notify>,
+) -> Result<(), String> {
+    let Conn {
+        mut reader,
+        writer,
+        guard,
+        ..
+    } = c;
+    let (out_tx, out_rx) = mpsc::channel::<Message>(OUT_QUEUE_MESSAGES);
+    let (apply_tx, apply_rx) = mpsc::channel::<Batch>(APPLY_QUEUE_BATCHES);
+    let writer_task = tokio::spawn(write_loop(inner.store.clone(), writer, out_rx));
+    let applier = tokio::spawn(apply_loop(inner.store.clone(), apply_rx, out_tx.clone()));
+    let mut closing = inner.closing.subscribe();
+    let result = tokio::select! {
+        r = read_loop(inner, &mut reader, hello, &apply_tx, &out_tx) => r,
+        _ = stop.notified() => Ok(()),
+        _ = closing.wait_for(|c| *c) => Ok(()),
+    };
+    // Everything admitted to the journal is applied before the session
+    // ends, so the volume never misses a journaled record.
+    drop(apply_tx);
+    let applied = applier
+        .await
+        .map_err(|e| format!("applier task: {e}"))
+        .and_then(|r| r);
+    let _ = out_tx
+        .send(Message::Bye {
+            code: ByeCode::Shutdown,
+            text: "session ends".into(),
+        })
+        .await;
+    drop(out_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+    drop(guard);
+    result.and(applied)
+}
+
+async fn read_loop(
+    inner: &Inner,
+    reader: &mut MsgReader,
+    hello: &Hello,
+    apply_tx: &mpsc::Sender<Batch>,
+    out_tx: &mpsc::Sender<Message>,
+) -> Result<(), String> {
+    let store = &inner.store;
+    let t = inner.cfg.peer_timeout;
+    loop {
+        let msg = match tokio::time::timeout(t, reader.recv()).await {
+            Err(_) => return Err(format!("peer timeout: nothing received for {t:?}")),
+            Ok(Err(TransportError::Closed)) => return Err("connection closed by primary".into()),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Ok(m)) => m,
+        };
+        match msg {
+            Message::Records { first_lsn, records } => {
+                let next = pending_next(store);
+                validate_batch(next, first_lsn, &records)?;
+                let mut batch = Vec::with_capacity(records.len());
+                for r in records {
+                    let j = store.journal();
+                    if r.generation != j.generation() {
+                        adopt(store, hello, &r).await?;
+                    }
+                    let h = store
+                        .append_replica(r.lsn, r.generation, conn::to_new_record(&r))
+                        .await
+                        .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))?;
+                    batch.push((r, h));
+                }
+                if apply_tx.send(batch).await.is_err() {
+                    return Err("applier stopped".into());
+                }
+            }
+            Message::Flush { lsn } => {
+                if lsn > pending_next(store).saturating_sub(1) {
+                    return Err(format!(
+                        "protocol: Flush of LSN {lsn} beyond the records received"
+                    ));
+                }
+                let store = store.clone();
+                let out = out_tx.clone();
+                tokio::spawn(async move {
+                    match store.journal().sync(lsn).await {
+                        Ok(()) => {
+                            let _ = out.send(Message::FlushAck { lsn }).await;
+                        }
+                        Err(e) => tracing::error!(lsn, error = %e, "flush for the primary failed"),
+                    }
+                });
+            }
+            Message::Ping { nonce } => {
+                let _ = out_tx.send(Message::Pong { nonce }).await;
+            }
+            Message::Pong { .. } => {}
+            Message::Bye { code, text } => {
+                tracing::info!(?code, %text, "primary said bye");
+                return Ok(());
+            }
+            other => {
+                return Err(format!(
+                    "protocol: unexpected {:?} from a primary",
+                    other.message_type()
+                ))
+            }
+        }
+    }
+}
+
+/// Next LSN the journal will accept (includes queued, not yet written).
+fn pending_next(store: &Store) -> Lsn {
+    store.journal().next_lsn()
+}
+
+/// The primary's record starts a generation of its lineage: take it over.
+async fn adopt(store: &Store, hello: &Hello, r: &WireRecord) -> Result<(), String> {
+    let known = hello
+        .lineage
+        .iter()
+        .any(|g| g.generation_id == r.generation && g.start_lsn == r.lsn);
+    if !known {
+        return Err(format!(
+            "record LSN {} has generation {} that does not start there in the primary's lineage",
+            r.lsn, r.generation
+        ));
+    }
+    store
+        .journal()
+        .adopt_generation(r.generation, r.lsn)
+        .await
+        .map_err(|e| format!("adopting generation {}: {e}", r.generation))
+}
+
+async fn apply_loop(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Batch>,
+    out: mpsc::Sender<Message>,
+) -> Result<(), String> {
+    while let Some(batch) = rx.recv().await {
+        for (r, h) in batch {
+            h.written()
+                .await
+                .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))?;
+            store
+                .apply_replica(
+                    r.lsn,
+                    conn::journal_kind(r.kind),
+                    r.offset,
+                    r.len,
+                    r.payload,
+                )
+                .await
+                .map_err(|e| format!("applying LSN {}: {e}", r.lsn))?;
+        }
+        let j = store.journal();
+        let _ = out
+            .send(Message::Ack {
+                durable_lsn: j.durable_lsn(),
+                applied_lsn: Some(j.applied_lsn()),
+            })
+            .await;
+    }
+    Ok(())
+}
+
+/// Sends queued messages, plus an Ack whenever the journal's durable LSN
+/// advances (checkpoints), so the primary can release its journal.
+async fn write_loop(store: Arc<Store>, mut w: MsgWriter, mut rx: mpsc::Receiver<Message>) {
+    let mut durable = store.journal().durable_watch();
+    let mut last_ack = Instant::now();
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // Coalesce: at most one unsolicited Ack per 10 ms.
+                if last_ack.elapsed() < Duration::from_millis(10) {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                let j = store.journal();
+                Message::Ack {
+                    durable_lsn: j.durable_lsn(),
+                    applied_lsn: Some(j.applied_lsn()),
+                }
+            }
+        };
+        if matches!(msg, Message::Ack { .. }) {
+            last_ack = Instant::now();
+        }
+        if let Err(e) = w.send(&msg).await {
+            tracing::debug!(error = %e, "writing to the primary failed");
+            break;
+        }
+    }
+    w.shutdown().await;
+}
