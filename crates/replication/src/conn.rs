@@ -43,6 +43,16 @@ pub(crate) enum ConnGuard {
     },
 }
 
+impl ConnGuard {
+    /// Closing a QUIC connection discards unsent stream data: after a last
+    /// message (Refuse, Bye) give the peer up to `max` to read it and close.
+    pub async fn linger(&self, max: std::time::Duration) {
+        if let ConnGuard::Quic { connection, .. } = self {
+            let _ = tokio::time::timeout(max, connection.closed()).await;
+        }
+    }
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         if let ConnGuard::Quic { connection, .. } = self {

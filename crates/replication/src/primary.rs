@@ -486,17 +486,17 @@ fn describe(e: &TransportError) -> String {
 async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consumer) -> SessionEnd {
     let cfg = &peer.cfg;
     let t = inner.cfg.peer_timeout;
-    let dialed = tokio::time::timeout(
-        t,
-        conn::dial(
-            cfg.transport,
-            cfg.address,
-            &cfg.name,
-            &inner.cfg.tls,
-            &inner.cfg.quic,
-        ),
-    )
-    .await;
+    // On its own task: a panic in the transport (seen with QUIC close codes
+    // below 0x100) must cost one attempt, not the peer's task.
+    let dial = tokio::spawn({
+        let (kind, addr, name) = (cfg.transport, cfg.address, cfg.name.clone());
+        let (tls, quic) = (inner.cfg.tls.clone(), inner.cfg.quic.clone());
+        async move { tokio::time::timeout(t, conn::dial(kind, addr, &name, &tls, &quic)).await }
+    });
+    let dialed = match dial.await {
+        Ok(d) => d,
+        Err(e) => return SessionEnd::Failed(format!("connect task failed: {e}")),
+    };
     let mut c = match dialed {
         Err(_) => return SessionEnd::Failed(format!("connect timed out after {t:?}")),
         Ok(Err(e)) if is_auth_error(&e) => return SessionEnd::Refused(format!("tls: {e}")),
@@ -542,10 +542,12 @@ async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consum
                     text: why.clone(),
                 })
                 .await;
+            c.guard.linger(Duration::from_millis(500)).await;
             return SessionEnd::Refused(why);
         }
         PrimaryVerdict::NeedsResync(why) => {
             bye(&mut c.writer, ByeCode::Other(RESYNC_BYE), &why).await;
+            c.guard.linger(Duration::from_millis(500)).await;
             return SessionEnd::NeedsResync(why);
         }
         PrimaryVerdict::Stream { from_lsn } => from_lsn,
@@ -558,11 +560,13 @@ async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consum
     if dirty > 0 {
         let why = format!("{dirty} dirty regions from falling behind past the journal cap");
         bye(&mut c.writer, ByeCode::Other(RESYNC_BYE), &why).await;
+        c.guard.linger(Duration::from_millis(500)).await;
         return SessionEnd::NeedsResync(why);
     }
     if let Err(e) = consumer.seek(from_lsn) {
         let why = format!("journal no longer holds LSN {from_lsn}: {e}");
         bye(&mut c.writer, ByeCode::Other(RESYNC_BYE), &why).await;
+        c.guard.linger(Duration::from_millis(500)).await;
         return SessionEnd::NeedsResync(why);
     }
     let peer_lsn = from_lsn - 1;
@@ -599,6 +603,10 @@ async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consum
         e = sender(inner, peer, consumer, writer, &ship) => e,
         e = receiver(inner, peer, reader, &ship) => e,
     };
+    if matches!(end, SessionEnd::Shutdown) {
+        // Let the Bye reach the peer before the QUIC connection closes.
+        guard.linger(Duration::from_millis(500)).await;
+    }
     drop(guard);
     end
 }

@@ -237,9 +237,24 @@ async fn accept_tcp(inner: Arc<Inner>, l: TcpTlsListener) {
 async fn accept_quic(inner: Arc<Inner>, q: QuicEndpoint) {
     let mut closing = inner.closing.subscribe();
     loop {
+        // On its own task: a transport panic must not end the listener.
+        let accept = tokio::spawn({
+            let (q, t) = (q.clone(), inner.cfg.peer_timeout);
+            async move { tokio::time::timeout(t, q.accept()).await }
+        });
+        let abort = accept.abort_handle();
         let accepted = tokio::select! {
-            _ = closing.wait_for(|c| *c) => return,
-            r = tokio::time::timeout(inner.cfg.peer_timeout, q.accept()) => r,
+            _ = closing.wait_for(|c| *c) => {
+                abort.abort();
+                return;
+            }
+            r = accept => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    note_error(&inner, format!("incoming QUIC connection: accept task failed: {e}"));
+                    continue;
+                }
+            },
         };
         match accepted {
             Err(_) => continue,
@@ -275,14 +290,19 @@ fn local_hello(store: &Store, node_id: &str) -> Hello {
     }
 }
 
-async fn refuse(w: &mut MsgWriter, code: RefuseCode, text: &str) {
-    let _ = w
+/// Last message before closing: how long the peer gets to read it.
+const LINGER: Duration = Duration::from_secs(1);
+
+async fn refuse(c: &mut Conn, code: RefuseCode, text: &str) {
+    let _ = c
+        .writer
         .send(&Message::Refuse {
             code,
             text: text.to_owned(),
         })
         .await;
-    w.shutdown().await;
+    c.writer.shutdown().await;
+    c.guard.linger(LINGER).await;
 }
 
 /// One incoming connection: handshake, then the session.
@@ -320,7 +340,7 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: &'static str) {
                 a.node_id, a.address, hello.node_id
             );
             drop(active);
-            refuse(&mut c.writer, RefuseCode::Busy, &why).await;
+            refuse(&mut c, RefuseCode::Busy, &why).await;
             return note_error(&inner, format!("{from}: {why}"));
         }
         a.stop.notify_one();
@@ -330,29 +350,19 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: &'static str) {
             .is_err()
         {
             drop(active);
-            refuse(
-                &mut c.writer,
-                RefuseCode::Busy,
-                "previous session still ending",
-            )
-            .await;
+            refuse(&mut c, RefuseCode::Busy, "previous session still ending").await;
             return note_error(&inner, format!("{from}: previous session did not end"));
         }
     }
     if *inner.closing.borrow() {
         drop(active);
-        refuse(
-            &mut c.writer,
-            RefuseCode::NotAllowed,
-            "secondary shutting down",
-        )
-        .await;
+        refuse(&mut c, RefuseCode::NotAllowed, "secondary shutting down").await;
         return;
     }
     let local = local_hello(&inner.store, &inner.cfg.node_id);
     if let Err((code, why)) = secondary_verdict(&local, &hello) {
         drop(active);
-        refuse(&mut c.writer, code, &why).await;
+        refuse(&mut c, code, &why).await;
         tracing::error!(primary = %hello.node_id, reason = %why, "refused primary");
         return note_error(&inner, format!("{from}: refused: {why}"));
     }
@@ -424,6 +434,7 @@ async fn session(
         .await;
     drop(out_tx);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
+    guard.linger(LINGER).await;
     drop(guard);
     result.and(applied)
 }

@@ -321,3 +321,506 @@ async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
 fn serde_json_like(st: &VolumeStatus) -> String {
     format!("{st:?}")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secondary_restarted_mid_stream_continues_from_its_lsn() {
+    let pki = Pki::new();
+    let uuid = Uuid::new_v4();
+    let (dp, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sp = open_store(dp.path(), uuid).await;
+    let mut sa = open_store(da.path(), uuid).await;
+    let ida = pki.identity("node-a");
+    let a = Secondary::start(
+        sa.clone(),
+        secondary_cfg(ida.clone(), "node-a", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let addr = a.local_addrs().0.unwrap();
+    let p = Primary::start(
+        sp.clone(),
+        primary_cfg(
+            &pki,
+            vec![peer("node-a", PeerMode::Async, TransportKind::Tcp, addr)],
+        ),
+    )
+    .await
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let writer = {
+        let p = p.clone();
+        tokio::spawn(async move { workload(&p, &mut rng, 1500).await })
+    };
+    // Restart the secondary twice while the primary writes.
+    let mut a = a;
+    for _ in 0..2 {
+        wait_for(
+            "some records on the secondary",
+            Duration::from_secs(20),
+            || sa.journal().applied_lsn() > 50,
+        )
+        .await;
+        a.shutdown().await;
+        drop(a);
+        let before = sa.journal().written_lsn();
+        drop(sa);
+        sa = open_store(da.path(), uuid).await;
+        assert!(sa.journal().written_lsn() >= before.min(sa.journal().durable_lsn()));
+        a = Secondary::start(
+            sa.clone(),
+            secondary_cfg(ida.clone(), "node-a", Some(addr), None),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    writer.await.unwrap();
+    quiesce(&p, &[&sa]).await;
+    p.shutdown().await;
+    a.shutdown().await;
+    assert_eq!(digest(dp.path()), digest(da.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_quic_peer_down_never_slows_writes_and_catches_up() {
+    let pki = Pki::new();
+    let uuid = Uuid::new_v4();
+    let (dp, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sp = open_store(dp.path(), uuid).await;
+    let sb = open_store(db.path(), uuid).await;
+    let idb = pki.identity("node-b");
+    let b = Secondary::start(
+        sb.clone(),
+        secondary_cfg(idb.clone(), "node-b", None, any_port()),
+    )
+    .await
+    .unwrap();
+    let addr = b.local_addrs().1.unwrap();
+    let p = Primary::start(
+        sp.clone(),
+        primary_cfg(
+            &pki,
+            vec![peer("node-b", PeerMode::Async, TransportKind::Quic, addr)],
+        ),
+    )
+    .await
+    .unwrap();
+    let write_4k = |p: Arc<Primary>, n: u64, base: u64| async move {
+        let t = Instant::now();
+        for i in 0..n {
+            let off = ((base + i) * 4096) % (VOL_BYTES - 4096);
+            p.change(
+                Change::Write {
+                    offset: off,
+                    data: Bytes::from(vec![(i % 251) as u8; 4096]),
+                },
+                false,
+            )
+            .await
+            .unwrap();
+        }
+        t.elapsed().as_micros() as f64 / n as f64
+    };
+    let up_us = write_4k(p.clone(), 300, 0).await;
+    b.shutdown().await;
+    drop(b);
+    wait_for("peer seen as down", Duration::from_secs(10), || {
+        peer_state(&p.status(), "node-b").state != "connected"
+    })
+    .await;
+    let down_us = write_4k(p.clone(), 300, 300).await;
+    eprintln!("async peer: write latency up {up_us:.0} µs, down {down_us:.0} µs");
+    assert!(
+        down_us < up_us * 3.0 + 500.0,
+        "writes slowed by a dead async peer: {down_us} vs {up_us}"
+    );
+    // Backlog for the catch-up: 32 MiB of 256 KiB writes.
+    let big = Bytes::from(vec![7u8; 256 << 10]);
+    for i in 0..128u64 {
+        p.change(
+            Change::Write {
+                offset: (i * (256 << 10)) % VOL_BYTES,
+                data: big.clone(),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    }
+    p.flush().await.unwrap();
+    let st = peer_state(&p.status(), "node-b");
+    assert!(st.lag_records >= 128 && st.lag_bytes >= 32 << 20, "{st:?}");
+    assert!(st.lag_seconds > 0.0);
+    let b = Secondary::start(sb.clone(), secondary_cfg(idb, "node-b", None, Some(addr)))
+        .await
+        .unwrap();
+    let t = Instant::now();
+    let behind = sp.journal().written_lsn() - sb.journal().written_lsn();
+    quiesce(&p, &[&sb]).await;
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!(
+        "QUIC catch-up: {behind} records (~32 MiB) in {secs:.2} s = {:.0} MiB/s (incl. reconnect backoff)",
+        32.0 / secs
+    );
+    p.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(digest(dp.path()), digest(db.path()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_peer_past_a_tiny_journal_cap_is_folded_to_needs_resync() {
+    let pki = Pki::new();
+    let uuid = Uuid::new_v4();
+    let (dp, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut j = journal_cfg(&dp.path().join("journal"));
+    j.capacity_bytes = 4 << 20; // 4 segments of 1 MiB
+    j.pressure_bytes = 2 << 20;
+    let sp = open_store_with(dp.path(), uuid, VOL_BYTES, j).await;
+    let sb = open_store(db.path(), uuid).await;
+    let idb = pki.identity("node-b");
+    // Reserve a port, then leave the peer down.
+    let b = Secondary::start(
+        sb.clone(),
+        secondary_cfg(idb.clone(), "node-b", None, any_port()),
+    )
+    .await
+    .unwrap();
+    let addr = b.local_addrs().1.unwrap();
+    b.shutdown().await;
+    drop(b);
+    let p = Primary::start(
+        sp.clone(),
+        primary_cfg(
+            &pki,
+            vec![peer("node-b", PeerMode::Async, TransportKind::Quic, addr)],
+        ),
+    )
+    .await
+    .unwrap();
+    // 64 KiB into each of 160 distinct regions (10 MiB > the 4 MiB cap).
+    let mut regions = std::collections::BTreeSet::new();
+    for i in 0..160u64 {
+        let off = (i * 3 % 256) * REGION_BYTES;
+        regions.insert(off / REGION_BYTES);
+        p.change(
+            Change::Write {
+                offset: off,
+                data: Bytes::from(vec![i as u8; REGION_BYTES as usize]),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        if i % 8 == 7 {
+            p.flush().await.unwrap();
+            p.store().checkpoint().await.unwrap();
+        }
+    }
+    p.store().checkpoint().await.unwrap();
+    // Once more past the cap so the fold covers every write.
+    for i in 0..40u64 {
+        let off = (i * 3 % 256) * REGION_BYTES;
+        p.change(
+            Change::Write {
+                offset: off,
+                data: Bytes::from(vec![1; REGION_BYTES as usize]),
+            },
+            false,
+        )
+        .await
+        .unwrap();
+        p.flush().await.unwrap();
+        p.store().checkpoint().await.unwrap();
+    }
+    let st = peer_state(&p.status(), "node-b");
+    assert_eq!(st.state, "needs-resync", "{st:?}");
+    assert!(
+        st.dirty_regions > 0 && st.dirty_regions <= regions.len() as u64,
+        "{st:?}"
+    );
+    let folded = st.dirty_regions;
+    // The peer comes back: it is not streamed to.
+    let b = Secondary::start(sb.clone(), secondary_cfg(idb, "node-b", None, Some(addr)))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = peer_state(&p.status(), "node-b");
+    assert_eq!(st.state, "needs-resync", "{st:?}");
+    assert_eq!(st.dirty_regions, folded);
+    assert_eq!(
+        sb.journal().written_lsn(),
+        0,
+        "nothing streamed to a folded peer"
+    );
+    eprintln!(
+        "folded peer: {folded} dirty regions of {} written",
+        regions.len()
+    );
+    p.shutdown().await;
+    b.shutdown().await;
+}
+
+async fn sync_pair(
+    pki: &Pki,
+    policy: SyncPeerLossPolicy,
+) -> (Arc<Primary>, Arc<Secondary>, Vec<tempfile::TempDir>) {
+    let uuid = Uuid::new_v4();
+    let (dp, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sp = open_store(dp.path(), uuid).await;
+    let sa = open_store(da.path(), uuid).await;
+    let a = Secondary::start(
+        sa,
+        secondary_cfg(pki.identity("node-a"), "node-a", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let mut cfg = primary_cfg(
+        pki,
+        vec![peer(
+            "node-a",
+            PeerMode::Sync,
+            TransportKind::Tcp,
+            a.local_addrs().0.unwrap(),
+        )],
+    );
+    cfg.on_sync_peer_loss = policy;
+    let p = Primary::start(sp, cfg).await.unwrap();
+    wait_for("sync peer connected", Duration::from_secs(10), || {
+        peer_state(&p.status(), "node-a").state == "connected"
+    })
+    .await;
+    (p, a, vec![dp, da])
+}
+
+fn w4k(i: u64) -> Change {
+    Change::Write {
+        offset: i * 4096,
+        data: Bytes::from(vec![i as u8; 4096]),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_peer_loss_degrade_carries_on_at_once() {
+    let pki = Pki::new();
+    let (p, a, _dirs) = sync_pair(&pki, SyncPeerLossPolicy::Degrade).await;
+    p.change(w4k(1), false).await.unwrap();
+    a.shutdown().await;
+    drop(a);
+    let t = Instant::now();
+    for i in 2..50 {
+        p.change(w4k(i), false).await.unwrap();
+    }
+    p.flush().await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let st = p.status();
+    assert_eq!(peer_state(&st, "node-a").state, "degraded", "{st:?}");
+    assert_eq!(st.sync_peer_loss_policy, "degrade");
+    p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_peer_loss_suspend_waits_the_timeout_then_degrades_and_recovers() {
+    let pki = Pki::new();
+    let timeout = Duration::from_millis(1500);
+    let (p, a, dirs) = sync_pair(&pki, SyncPeerLossPolicy::Suspend { timeout }).await;
+    let addr = a.local_addrs().0.unwrap();
+    p.change(w4k(1), false).await.unwrap();
+    let lost_at = Instant::now();
+    a.shutdown().await;
+    drop(a);
+    let t = Instant::now();
+    p.change(w4k(2), false).await.unwrap();
+    let waited = t.elapsed();
+    let since_loss = lost_at.elapsed();
+    eprintln!(
+        "suspend: write waited {waited:?} ({since_loss:?} since the loss, timeout {timeout:?})"
+    );
+    assert!(
+        since_loss >= timeout - Duration::from_millis(100),
+        "{since_loss:?}"
+    );
+    assert!(waited < timeout + Duration::from_secs(1), "{waited:?}");
+    assert_eq!(peer_state(&p.status(), "node-a").state, "degraded");
+    let t = Instant::now();
+    p.change(w4k(3), false).await.unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "degraded: no more waiting"
+    );
+    // The peer returns, catches up from the journal and is in sync again.
+    let sa = open_store(dirs[1].path(), p.store().volume_uuid()).await;
+    let a = Secondary::start(
+        sa.clone(),
+        secondary_cfg(pki.identity("node-a"), "node-a", Some(addr), None),
+    )
+    .await
+    .unwrap();
+    wait_for("sync again", Duration::from_secs(10), || {
+        peer_state(&p.status(), "node-a").state == "connected"
+    })
+    .await;
+    let lsn = p.change(w4k(4), false).await.unwrap();
+    assert!(
+        sa.journal().written_lsn() >= lsn,
+        "in sync: change() waited for the peer"
+    );
+    p.shutdown().await;
+    a.shutdown().await;
+}
+
+async fn refused_reason(p: &Primary, peer: &str) -> String {
+    let mut last = String::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let st = peer_state(&p.status(), peer);
+        if st.state.starts_with("refused:") {
+            return st.state;
+        }
+        last = format!("{st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("peer never refused: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mismatched_peers_are_refused_with_a_named_reason() {
+    let pki = Pki::new();
+    let uuid = Uuid::new_v4();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let sp = open_store(dirs[0].path(), uuid).await;
+    // Different size, different volume, a certificate of another CA.
+    let s_size = open_store_with(
+        dirs[1].path(),
+        uuid,
+        VOL_BYTES * 2,
+        journal_cfg(&dirs[1].path().join("journal")),
+    )
+    .await;
+    let s_uuid = open_store(dirs[2].path(), Uuid::new_v4()).await;
+    let s_ca = open_store(dirs[3].path(), uuid).await;
+    let a = Secondary::start(
+        s_size,
+        secondary_cfg(pki.identity("node-a"), "node-a", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let b = Secondary::start(
+        s_uuid,
+        secondary_cfg(pki.identity("node-b"), "node-b", None, any_port()),
+    )
+    .await
+    .unwrap();
+    let c = Secondary::start(
+        s_ca,
+        secondary_cfg(pki.foreign_identity("node-c"), "node-c", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let p = Primary::start(
+        sp,
+        primary_cfg(
+            &pki,
+            vec![
+                peer(
+                    "node-a",
+                    PeerMode::Async,
+                    TransportKind::Tcp,
+                    a.local_addrs().0.unwrap(),
+                ),
+                peer(
+                    "node-b",
+                    PeerMode::Async,
+                    TransportKind::Quic,
+                    b.local_addrs().1.unwrap(),
+                ),
+                peer(
+                    "node-c",
+                    PeerMode::Async,
+                    TransportKind::Tcp,
+                    c.local_addrs().0.unwrap(),
+                ),
+            ],
+        ),
+    )
+    .await
+    .unwrap();
+    let size = refused_reason(&p, "node-a").await;
+    let vol = refused_reason(&p, "node-b").await;
+    let ca = refused_reason(&p, "node-c").await;
+    eprintln!("{size}\n{vol}\n{ca}");
+    assert!(size.contains("size mismatch"), "{size}");
+    assert!(vol.contains("volume uuid mismatch"), "{vol}");
+    assert!(
+        ca.contains("tls") && ca.to_lowercase().contains("ca"),
+        "{ca}"
+    );
+    // The secondaries say why too.
+    let e = a.status().peers[0].last_error.clone().unwrap();
+    assert!(e.contains("size mismatch"), "{e}");
+    p.shutdown().await;
+    for s in [a, b, c] {
+        s.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_close_their_session_and_the_real_primary_is_served() {
+    use tokio::io::AsyncWriteExt;
+    let pki = Pki::new();
+    let uuid = Uuid::new_v4();
+    let (dp, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let sp = open_store(dp.path(), uuid).await;
+    let sa = open_store(da.path(), uuid).await;
+    let a = Secondary::start(
+        sa.clone(),
+        secondary_cfg(pki.identity("node-a"), "node-a", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let addr = a.local_addrs().0.unwrap();
+    // Plain garbage, no TLS.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&[0x42; 4096]).await.unwrap();
+    // Authenticated (same CA), then garbage frames.
+    let evil = pki.identity("node-evil");
+    let mut tls = transport::connect_tcp(addr, "node-a", &evil).await.unwrap();
+    tls.stream
+        .write_all(b"DRLS but not really a frame, just bytes........")
+        .await
+        .unwrap();
+    tls.stream.flush().await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut tls.stream, &mut got),
+    )
+    .await;
+    let err = a
+        .status()
+        .peers
+        .first()
+        .and_then(|p| p.last_error.clone())
+        .unwrap_or_default();
+    eprintln!("hostile session: {err}");
+    assert!(
+        err.contains("node-evil") && err.contains("protocol"),
+        "{err}"
+    );
+    // The real primary is served.
+    let p = Primary::start(
+        sp.clone(),
+        primary_cfg(
+            &pki,
+            vec![peer("node-a", PeerMode::Sync, TransportKind::Tcp, addr)],
+        ),
+    )
+    .await
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    workload(&p, &mut rng, 100).await;
+    quiesce(&p, &[&sa]).await;
+    p.shutdown().await;
+    a.shutdown().await;
+    drop(raw);
+    assert_eq!(digest(dp.path()), digest(da.path()));
+}
