@@ -37,7 +37,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -120,6 +120,11 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Operations queued or executing per volume; further callers wait.
     pub max_in_flight_ops: usize,
+    /// Serve from the caller's thread what needs no engine: reads the page
+    /// cache holds (`preadv2(RWF_NOWAIT)`; a miss goes to the engine), and a
+    /// write when no other write is in flight. Off: every read and write goes
+    /// through the engine (the engine-equivalence tests turn it off).
+    pub inline_fast_path: bool,
 }
 
 impl Default for EngineConfig {
@@ -128,6 +133,7 @@ impl Default for EngineConfig {
             ring_entries: 256,
             threads: 8,
             max_in_flight_ops: 1024,
+            inline_fast_path: true,
         }
     }
 }
@@ -159,6 +165,20 @@ pub struct Volume {
     /// Cleared the first time the kernel says EOPNOTSUPP, to skip the probe.
     punch_supported: AtomicBool,
     zero_range_supported: AtomicBool,
+    /// RWF_NOWAIT fast path for reads, enabled and not yet refused.
+    nowait_reads: AtomicBool,
+    /// Lone writes run inline (see [`Volume::write`]).
+    inline_writes: bool,
+    writes_in_flight: AtomicUsize,
+}
+
+/// Counts a write in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl fmt::Debug for Volume {
@@ -296,6 +316,9 @@ impl Volume {
             in_flight: Arc::new(Semaphore::new(config.max_in_flight_ops.max(1))),
             punch_supported: AtomicBool::new(true),
             zero_range_supported: AtomicBool::new(true),
+            nowait_reads: AtomicBool::new(config.inline_fast_path),
+            inline_writes: config.inline_fast_path,
+            writes_in_flight: AtomicUsize::new(0),
         })
     }
 
@@ -394,6 +417,19 @@ impl Volume {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        if self.nowait_reads.load(Ordering::Relaxed) {
+            let mut buf = bytes::BytesMut::zeroed(len);
+            match sys::pread_nowait(self.file.as_raw_fd(), &mut buf, offset) {
+                Ok(n) if n == len => return Ok(buf.freeze()),
+                // Partly cached or not cached: the engine reads it all.
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    self.nowait_reads.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(self.io_error("read", Some(offset), e)),
+            }
+        }
         match self.run(Op::Read { len }, offset).await? {
             Output::Data(data) => Ok(data),
             Output::Done => Err(self.io_error(
@@ -411,6 +447,16 @@ impl Volume {
         self.check_range(offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
+        }
+        // A write with no other write in flight goes inline: a buffered
+        // write is a page-cache copy, and the hop to the engine and back
+        // would be most of its latency. With writes already in flight, the
+        // engine overlaps them and keeps the caller's thread free.
+        let alone = self.writes_in_flight.fetch_add(1, Ordering::AcqRel) == 0;
+        let _in_flight = InFlight(&self.writes_in_flight);
+        if alone && self.inline_writes {
+            return sys::pwrite_full(self.file.as_raw_fd(), &data, offset)
+                .map_err(|e| self.io_error("write", Some(offset), e));
         }
         self.run(Op::Write { data }, offset).await.map(drop)
     }

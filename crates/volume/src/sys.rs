@@ -31,6 +31,27 @@ pub(crate) fn should_retry(err: &io::Error, eagain_retries: &mut u32) -> bool {
     }
 }
 
+/// One `preadv2(RWF_NOWAIT)`: reads what the page cache holds without
+/// blocking. `Ok(n)` may be short; EAGAIN means it would have to wait for the
+/// disk; EOPNOTSUPP means the file does not support it.
+pub(crate) fn pread_nowait(fd: RawFd, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len().min(MAX_SYSCALL_IO_BYTES),
+    };
+    loop {
+        // SAFETY: one iovec over `buf`, which outlives the call.
+        let n = unsafe { libc::preadv2(fd, &iov, 1, offset as libc::off_t, libc::RWF_NOWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = last_err();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err);
+        }
+    }
+}
+
 /// Read exactly `buf.len()` bytes at `offset`, looping on short reads.
 /// End of file before the buffer is full is an error: the volume size was
 /// checked against the file size at open, so it means the file shrank under us.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use common::{engines, opts, pattern, tight_config};
 use proptest::prelude::*;
-use volume::{EngineKind, Volume, VolumeError};
+use volume::{EngineConfig, EngineKind, Volume, VolumeError};
 
 /// Deliberately not a multiple of the block size.
 const SIZE_BYTES: u64 = 192 * 1024 + 17;
@@ -175,10 +175,20 @@ fn run_case(steps: &[Step]) -> Result<(), TestCaseError> {
     let rt = common::rt();
     let mut finals = Vec::new();
     let mut observed: Vec<Vec<Seen>> = Vec::new();
-    for engine in [EngineKind::Threads, EngineKind::Uring] {
-        let path = dir.path().join(engine.to_string());
-        let v =
-            Arc::new(Volume::open_with(&path, opts(engine, SIZE_BYTES), &tight_config()).unwrap());
+    // Both engines with every operation through them, then io_uring behind
+    // the inline fast path (page-cache reads and lone writes on the caller).
+    let inline = EngineConfig {
+        inline_fast_path: true,
+        ..tight_config()
+    };
+    let runs = [
+        (EngineKind::Threads, tight_config(), "threads"),
+        (EngineKind::Uring, tight_config(), "uring"),
+        (EngineKind::Uring, inline, "uring+inline"),
+    ];
+    for (engine, config, label) in runs {
+        let path = dir.path().join(label);
+        let v = Arc::new(Volume::open_with(&path, opts(engine, SIZE_BYTES), &config).unwrap());
         let mut model = vec![0u8; SIZE_BYTES as usize];
         let seen = rt.block_on(async {
             let mut seen = Vec::new();
@@ -194,13 +204,18 @@ fn run_case(steps: &[Step]) -> Result<(), TestCaseError> {
         prop_assert!(
             on_disk == model,
             "{} final file differs from the model",
-            engine
+            label
         );
         finals.push(on_disk);
         observed.push(seen);
     }
     prop_assert!(finals[0] == finals[1], "final files differ between engines");
+    prop_assert!(
+        finals[0] == finals[2],
+        "the inline fast path changed the result"
+    );
     prop_assert_eq!(&observed[0], &observed[1]);
+    prop_assert_eq!(&observed[0], &observed[2]);
     Ok(())
 }
 

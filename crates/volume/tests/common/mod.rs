@@ -40,11 +40,13 @@ pub fn create(path: &Path, engine: EngineKind, size_bytes: u64) -> Volume {
 
 /// Small ring and queue so batching, slot exhaustion and back-pressure are
 /// exercised even by modest tests.
+/// Small limits, every read and write through the engine.
 pub fn tight_config() -> EngineConfig {
     EngineConfig {
         ring_entries: 4,
         threads: 2,
         max_in_flight_ops: 8,
+        inline_fast_path: false,
     }
 }
 
