@@ -1,6 +1,8 @@
 //! NBD protocol for driftless: a sans-IO codec ([`codec`]) and a tokio server
-//! ([`server`]) in front of any [`BlockTarget`].
+//! ([`server`]) in front of any [`BlockTarget`], and a small blocking
+//! [`client`] for workloads and checkers.
 
+pub mod client;
 pub mod codec;
 pub mod error;
 pub mod proto;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 pub mod mount;
-pub mod nbd_client;
 
 /// The `driftless` binary: `$DRIFTLESS_BIN`, else the one built next to this
 /// test executable (same profile). `scripts/test.sh` builds it first.

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use driftless_tests::nbd_client::{Client, CMD_FLUSH, CMD_WRITE};
 use driftless_tests::Server;
+use nbd_shim::client::{Client, CMD_FLUSH, CMD_WRITE};
 use rand::Rng;
 
 const BLOCK: usize = 4096;
@@ -108,7 +108,7 @@ fn run_until_killed(server: Server, kill_after: Duration) -> Workload {
                 return;
             }
             seq += 1;
-            if seq % FLUSH_EVERY == 0 {
+            if seq.is_multiple_of(FLUSH_EVERY) {
                 let cookie = seq | FLUSH_COOKIE_BIT;
                 let covered = w.acked;
                 w.flushes.insert(cookie, covered);

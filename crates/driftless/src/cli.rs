@@ -21,8 +21,47 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Serve one volume over NBD (no journal, no peers) until SIGINT/SIGTERM.
+    /// Serve one volume over NBD behind its journal (no peers) until SIGINT/SIGTERM.
     Serve(ServeArgs),
+    /// Run a node: every volume of the config with its role, NBD export and peers.
+    Run {
+        /// Node configuration (TOML); see deploy/ for examples.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Show each volume's role, generation and, per peer, state and lag.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+        socket: Option<PathBuf>,
+        /// Read the control socket path from this node configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a CA, or a node certificate signed by it, for mutual TLS.
+    #[command(subcommand)]
+    Cert(CertCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertCommand {
+    /// Create ca.pem and ca.key in DIR (never overwrites).
+    Ca {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Create NAME.pem and NAME.key in DIR, signed by the CA in --ca-dir.
+    Node {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,7 @@ use replication::{Store, StoreConfig};
 use volume::{Volume, VolumeOptions};
 
 use crate::cli::ServeArgs;
-use crate::targets::{StoreTarget, VolumeTarget};
+use crate::targets::{JournaledTarget, VolumeTarget};
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -55,7 +55,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dropped_tail_bytes = report.dropped_tail_bytes,
         "journal recovered"
     );
-    serve_target(&args, Arc::new(StoreTarget::new(store.clone()))).await?;
+    serve_target(&args, Arc::new(JournaledTarget::new(store.clone()))).await?;
     let lsn = store.checkpoint().await.context("final checkpoint")?;
     tracing::info!(
         checkpoint_lsn = lsn,
@@ -142,7 +142,7 @@ fn default_socket_path(name: &str) -> PathBuf {
 }
 
 /// Removes the socket file when the server stops.
-struct SocketGuard(PathBuf);
+pub struct SocketGuard(PathBuf);
 
 impl Drop for SocketGuard {
     fn drop(&mut self) {
@@ -150,7 +150,9 @@ impl Drop for SocketGuard {
     }
 }
 
-fn bind_unix(path: &std::path::Path) -> anyhow::Result<(tokio::net::UnixListener, SocketGuard)> {
+pub fn bind_unix(
+    path: &std::path::Path,
+) -> anyhow::Result<(tokio::net::UnixListener, SocketGuard)> {
     use std::os::unix::fs::FileTypeExt;
     // A socket left by a killed server would make bind fail; only ever remove
     // a socket, never a regular file someone pointed us at by mistake.
@@ -171,7 +173,7 @@ fn bind_unix(path: &std::path::Path) -> anyhow::Result<(tokio::net::UnixListener
     Ok((listener, SocketGuard(path.to_path_buf())))
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

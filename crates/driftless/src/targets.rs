@@ -1,10 +1,11 @@
 //! `BlockTarget` adapters: what the NBD server sees of a volume.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use nbd_shim::{BlockTarget, Durability, Extent, TargetError, TargetFeatures, ZeroFlags};
-use replication::{Change, Store, StoreError};
+use replication::{Change, EngineError, Primary, Store, StoreError};
 use volume::{Volume, VolumeError};
 
 /// A plain volume as an NBD target: FUA and FLUSH are fdatasync of the volume.
@@ -137,15 +138,49 @@ async fn block_status(volume: &Volume, offset: u64, len: u32) -> Result<Vec<Exte
         .collect())
 }
 
-/// A volume behind its journal: changes are journaled before they reach the
-/// volume; FLUSH and FUA wait for the journal's group commit.
-pub struct StoreTarget {
-    store: Arc<Store>,
+/// What a journaled export writes through: the store alone (`serve`) or a
+/// primary that also waits for its sync peers (`run`).
+pub trait DataPath: Send + Sync + 'static {
+    fn store(&self) -> &Store;
+    fn change(
+        &self,
+        change: Change,
+        fua: bool,
+    ) -> impl Future<Output = Result<(), TargetError>> + Send;
+    fn flush(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
 }
 
-impl StoreTarget {
-    pub fn new(store: Arc<Store>) -> Self {
-        StoreTarget { store }
+impl DataPath for Store {
+    fn store(&self) -> &Store {
+        self
+    }
+
+    async fn change(&self, change: Change, fua: bool) -> Result<(), TargetError> {
+        Store::change(self, change, fua)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn flush(&self) -> Result<(), TargetError> {
+        Store::flush(self).await.map_err(store_error)
+    }
+}
+
+impl DataPath for Primary {
+    fn store(&self) -> &Store {
+        Primary::store(self)
+    }
+
+    async fn change(&self, change: Change, fua: bool) -> Result<(), TargetError> {
+        Primary::change(self, change, fua)
+            .await
+            .map(drop)
+            .map_err(engine_error)
+    }
+
+    async fn flush(&self) -> Result<(), TargetError> {
+        Primary::flush(self).await.map_err(engine_error)
     }
 }
 
@@ -159,9 +194,32 @@ fn store_error(err: StoreError) -> TargetError {
     }
 }
 
-impl BlockTarget for StoreTarget {
+fn engine_error(err: EngineError) -> TargetError {
+    match err {
+        EngineError::Store(err) => store_error(err),
+        other => {
+            tracing::warn!(error = %other, "request failed");
+            TargetError::Io(std::io::Error::other(other.to_string()))
+        }
+    }
+}
+
+/// A volume behind its journal (and, on a primary, its sync peers): changes
+/// are journaled before they reach the volume; FLUSH and FUA wait for the
+/// journal's group commit.
+pub struct JournaledTarget<P> {
+    path: Arc<P>,
+}
+
+impl<P: DataPath> JournaledTarget<P> {
+    pub fn new(path: Arc<P>) -> Self {
+        JournaledTarget { path }
+    }
+}
+
+impl<P: DataPath> BlockTarget for JournaledTarget<P> {
     fn size_bytes(&self) -> u64 {
-        self.store.volume().size_bytes()
+        self.path.store().volume().size_bytes()
     }
 
     fn features(&self) -> TargetFeatures {
@@ -169,7 +227,8 @@ impl BlockTarget for StoreTarget {
     }
 
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, TargetError> {
-        self.store
+        self.path
+            .store()
             .read(offset, len as usize)
             .await
             .map_err(store_error)
@@ -182,11 +241,9 @@ impl BlockTarget for StoreTarget {
         durability: Durability,
     ) -> Result<(), TargetError> {
         let change = Change::Write { offset, data };
-        self.store
+        self.path
             .change(change, durability == Durability::Fua)
             .await
-            .map_err(store_error)?;
-        Ok(())
     }
 
     async fn write_zeroes(
@@ -201,11 +258,9 @@ impl BlockTarget for StoreTarget {
             may_trim: flags.may_trim,
             fast_only: flags.fast_only,
         };
-        self.store
+        self.path
             .change(change, flags.durability == Durability::Fua)
             .await
-            .map_err(store_error)?;
-        Ok(())
     }
 
     async fn trim(&self, offset: u64, len: u32, durability: Durability) -> Result<(), TargetError> {
@@ -213,19 +268,18 @@ impl BlockTarget for StoreTarget {
             offset,
             length: u64::from(len),
         };
-        self.store
+        self.path
             .change(change, durability == Durability::Fua)
             .await
-            .map_err(store_error)?;
-        Ok(())
     }
 
     async fn flush(&self) -> Result<(), TargetError> {
-        self.store.flush().await.map_err(store_error)
+        self.path.flush().await
     }
 
     async fn cache(&self, offset: u64, len: u32) -> Result<(), TargetError> {
-        self.store
+        self.path
+            .store()
             .volume()
             .readahead(offset, u64::from(len))
             .await
@@ -233,6 +287,6 @@ impl BlockTarget for StoreTarget {
     }
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, TargetError> {
-        block_status(self.store.volume(), offset, len).await
+        block_status(self.path.store().volume(), offset, len).await
     }
 }

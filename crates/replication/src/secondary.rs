@@ -107,6 +107,10 @@ impl Secondary {
         }))
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
     /// Bound TCP and QUIC addresses (resolves port 0).
     pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
         (self.tcp_addr, self.quic_addr)
@@ -397,6 +401,9 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: &'static str) {
 
 type Batch = Vec<(WireRecord, AppendHandle)>;
 
+/// How often a secondary makes what it received durable on its own.
+const SECONDARY_SYNC_INTERVAL: Duration = Duration::from_millis(20);
+
 async fn session(
     inner: &Arc<Inner>,
     c: Conn,
@@ -413,6 +420,7 @@ async fn session(
     let (apply_tx, apply_rx) = mpsc::channel::<Batch>(APPLY_QUEUE_BATCHES);
     let writer_task = tokio::spawn(write_loop(inner.store.clone(), writer, out_rx));
     let applier = tokio::spawn(apply_loop(inner.store.clone(), apply_rx, out_tx.clone()));
+    let syncer = tokio::spawn(sync_pump(inner.store.clone()));
     let mut closing = inner.closing.subscribe();
     let result = tokio::select! {
         r = read_loop(inner, &mut reader, hello, &apply_tx, &out_tx) => r,
@@ -426,6 +434,7 @@ async fn session(
         .await
         .map_err(|e| format!("applier task: {e}"))
         .and_then(|r| r);
+    syncer.abort();
     let _ = out_tx
         .send(Message::Bye {
             code: ByeCode::Shutdown,
@@ -564,6 +573,24 @@ async fn apply_loop(
             .await;
     }
     Ok(())
+}
+
+/// Makes received records durable soon after they are journaled, whether or
+/// not the primary asks (async peers never send Flush): the durable LSN is
+/// what the primary's journal may release for this peer. One group-committed
+/// fdatasync per interval at most.
+async fn sync_pump(store: Arc<Store>) {
+    loop {
+        tokio::time::sleep(SECONDARY_SYNC_INTERVAL).await;
+        let j = store.journal();
+        let written = j.written_lsn();
+        if written > j.durable_lsn() {
+            if let Err(e) = j.sync(written).await {
+                tracing::error!(error = %e, "syncing received records failed");
+                return;
+            }
+        }
+    }
 }
 
 /// Sends queued messages, plus an Ack whenever the journal's durable LSN

@@ -1,12 +1,25 @@
-//! A minimal blocking NBD client for checkers that need to know exactly which
-//! request was acknowledged when (fio cannot tell us at a SIGKILL). Fixed
-//! newstyle, NBD_OPT_GO, simple replies, pipelined requests.
+//! A minimal blocking NBD client: fixed newstyle, NBD_OPT_GO, simple
+//! replies, pipelined requests. For workloads that must know exactly which
+//! request was acknowledged when (crash checkers, `driftless demo`), where
+//! fio or qemu-io cannot tell.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use anyhow::{bail, ensure, Context, Result};
+type Result<T> = std::result::Result<T, io::Error>;
+
+fn protocol(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(protocol(format!($($fmt)+)));
+        }
+    };
+}
 
 const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -36,8 +49,7 @@ pub struct Reply {
 
 impl Client {
     pub fn connect(socket: &Path, export: &str) -> Result<Client> {
-        let mut sock = UnixStream::connect(socket)
-            .with_context(|| format!("connecting {}", socket.display()))?;
+        let mut sock = UnixStream::connect(socket)?;
         ensure!(read_u64(&mut sock)? == NBDMAGIC, "bad NBDMAGIC");
         ensure!(
             read_u64(&mut sock)? == IHAVEOPT,
@@ -76,12 +88,15 @@ impl Client {
                 }
                 REP_INFO => {}
                 other if other & 0x8000_0000 != 0 => {
-                    bail!("NBD_OPT_GO refused with reply {other:#x}")
+                    return Err(protocol(format!(
+                        "NBD_OPT_GO refused with reply {other:#x}"
+                    )));
                 }
-                other => bail!("unexpected option reply {other}"),
+                other => return Err(protocol(format!("unexpected option reply {other}"))),
             }
         }
-        let size_bytes = size_bytes.context("server sent no NBD_INFO_EXPORT")?;
+        let size_bytes =
+            size_bytes.ok_or_else(|| protocol("server sent no NBD_INFO_EXPORT".into()))?;
         Ok(Client { sock, size_bytes })
     }
 
