@@ -57,6 +57,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     serve_target(&args, Arc::new(JournaledTarget::new(store.clone()))).await?;
     let lsn = store.checkpoint().await.context("final checkpoint")?;
+    // Group-commit effectiveness for operators and benches/group-commit.sh.
+    let stats = store.journal().stats();
+    tracing::info!(
+        records = stats.records,
+        write_batches = stats.write_batches,
+        sync_requests = stats.sync_requests,
+        fdatasyncs = stats.fdatasyncs,
+        "journal totals"
+    );
     tracing::info!(
         checkpoint_lsn = lsn,
         "volume fsynced and journal checkpointed"
