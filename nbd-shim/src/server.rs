@@ -513,13 +513,25 @@ where
                     let Some(permits) = permits else {
                         break 'read End::Shutdown;
                     };
-                    tokio::spawn(execute(
+                    let mut request = Box::pin(execute(
                         target.clone(),
                         req,
                         structured,
                         permits,
                         tx.clone(),
                     ));
+                    // One poll here first: a request that completes without
+                    // waiting (a page-cache read, a lone buffered write)
+                    // needs no task of its own and no hop to another worker.
+                    // Anything that has to wait goes on in its own task, so
+                    // the reader keeps reading.
+                    let done = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(request.as_mut().poll(cx).is_ready())
+                    })
+                    .await;
+                    if !done {
+                        tokio::spawn(request);
+                    }
                 }
                 Ok(Some(Decoded::Rejected(rej))) => {
                     debug!(
