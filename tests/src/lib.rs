@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+pub mod cluster;
 pub mod mount;
 
 /// The `driftless` binary: `$DRIFTLESS_BIN`, else the one built next to this

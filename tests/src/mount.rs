@@ -119,3 +119,50 @@ impl Drop for Mounted {
         let _ = Command::new("umount").arg(self.dir.path()).status();
     }
 }
+
+/// A regular file (a stopped node's volume) attached read-only to a loop
+/// device with `losetup -r`; detached on drop (root only).
+pub struct LoopFile {
+    loop_dev: String,
+}
+
+impl LoopFile {
+    pub fn read_only(path: &Path) -> Result<LoopFile> {
+        let loop_dev = run_ok(
+            Command::new("losetup")
+                .args(["--find", "--show", "-r"])
+                .arg(path),
+            SETUP_LIMIT,
+        )?
+        .trim()
+        .to_string();
+        Ok(LoopFile { loop_dev })
+    }
+
+    pub fn loop_dev(&self) -> &str {
+        &self.loop_dev
+    }
+
+    /// Mounts the device read-only (a file system that needs journal replay
+    /// fails to mount from a read-only device: the copy must be clean).
+    pub fn mount(&self) -> Result<Mounted> {
+        let dir = tempfile::tempdir()?;
+        run_ok(
+            Command::new("mount")
+                .args(["-o", "ro"])
+                .arg(&self.loop_dev)
+                .arg(dir.path()),
+            SETUP_LIMIT,
+        )?;
+        Ok(Mounted { dir })
+    }
+}
+
+impl Drop for LoopFile {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup")
+            .arg("-d")
+            .arg(&self.loop_dev)
+            .status();
+    }
+}
