@@ -44,6 +44,9 @@ pub enum Command {
     /// Create a CA, or a node certificate signed by it, for mutual TLS.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Relay UDP or TCP with a delay and a cut switch (tests and the demo).
+    #[command(hide = true)]
+    FaultProxy(crate::proxy::ProxyArgs),
 }
 
 #[derive(Subcommand, Debug)]

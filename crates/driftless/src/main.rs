@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod control;
 mod daemon;
+mod proxy;
 mod serve;
 mod targets;
 mod units;
@@ -26,6 +27,7 @@ fn main() -> std::process::ExitCode {
             json,
         } => status(socket, config, json),
         cli::Command::Cert(cmd) => cert(cmd),
+        cli::Command::FaultProxy(args) => proxy::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
