@@ -44,6 +44,9 @@ pub enum Command {
     /// Create a CA, or a node certificate signed by it, for mutual TLS.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Run a primary, a sync metro peer and an async DR peer on loopback,
+    /// write through NBD, cut the DR link, and check the three copies match.
+    Demo(crate::demo::DemoArgs),
     /// Relay UDP or TCP with a delay and a cut switch (tests and the demo).
     #[command(hide = true)]
     FaultProxy(crate::proxy::ProxyArgs),

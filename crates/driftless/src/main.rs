@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod control;
 mod daemon;
+mod demo;
 mod proxy;
 mod serve;
 mod targets;
@@ -27,6 +28,7 @@ fn main() -> std::process::ExitCode {
             json,
         } => status(socket, config, json),
         cli::Command::Cert(cmd) => cert(cmd),
+        cli::Command::Demo(args) => demo::run(args),
         cli::Command::FaultProxy(args) => proxy::run(args),
     };
     match result {
