@@ -3,13 +3,12 @@
 # jobs (N NBD connections), each writing 4 KiB at QD1 with a FLUSH after every
 # write (fsync=1), against `driftless serve`. Reports FLUSHes sent, the
 # journal's fdatasyncs (from the server's "journal totals" log line at exit),
-# fdatasyncs per FLUSH, and FLUSH latency p50/p99; the same fio job runs
-# against nbdkit-file and nbd-server, interleaved, for the latencies.
+# fdatasyncs per FLUSH, and FLUSH latency p50/p99 (medians of REPS runs).
+# Peers' FLUSH latency at QD1 is in the randwrite4k-fsync job of nbd-suite.sh.
 #
 # Usage: benches/group-commit.sh [-n FLUSHERS] [-r REPS] [-t SECS]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-bench=${SHARED_BENCH:-$root/../shared/bench}
 N=32 REPS=3 RT=10
 while getopts "n:r:t:h" opt; do
   case $opt in
@@ -48,8 +47,6 @@ tsv=$(mktemp /tmp/group-commit.XXXXXX.tsv)
 for rep in $(seq "$REPS"); do
   echo "## rep $rep/$REPS" >&2
   run_one driftless "$bin serve --volume {FILE} --unix {SOCK}" "" >>"$tsv"
-  run_one nbdkit-file "nbdkit -f -U {SOCK} file file={FILE}" "" >>"$tsv"
-  run_one nbd-server "$bench/nbd-server-wrap.sh {SOCK} {FILE}" export >>"$tsv"
 done
 python3 - "$tsv" "$N" <<'PY'
 import sys, statistics, collections
