@@ -1079,7 +1079,6 @@ fn rate_and_worst(w: &Shared, from: Instant, to: Instant) -> (f64, Duration) {
 }
 
 #[test]
-#[ignore = "needs `driftless fault-proxy` (in the working tree, not committed yet); passes against it"]
 fn async_quic_peer_behind_a_cut_link_never_stalls_writes_and_catches_up() {
     let _serial = serial();
     let site = Site::new();
@@ -1188,7 +1187,7 @@ fn async_quic_peer_behind_a_cut_link_never_stalls_writes_and_catches_up() {
 // the peer converges.
 
 #[test]
-#[ignore = "reason: product gap — bitmap resync is not implemented; a peer folded past the journal cap stays needs-resync forever (invariant 4)"]
+#[ignore = "bitmap resync (tier 2) is the next issue: until it lands a peer folded past the journal cap stays needs-resync (reported, never treated as in sync)"]
 fn peer_down_longer_than_the_journal_holds_is_resynced_from_its_bitmap() {
     let _serial = serial();
     require_tool("fio");
