@@ -53,7 +53,15 @@ impl Default for QuicTuning {
 }
 
 impl QuicTuning {
-    fn transport_config(&self) -> Result<TransportConfig> {
+    /// The quinn endpoint configuration these settings produce.
+    pub fn endpoint_config(&self) -> quinn::EndpointConfig {
+        quinn::EndpointConfig::default()
+    }
+
+    /// The quinn transport configuration these settings produce; tools (the
+    /// `quic_bulk` example) may adjust it further and pass it to
+    /// [`QuicEndpoint::bind_with_configs`].
+    pub fn transport_config(&self) -> Result<TransportConfig> {
         let varint = |v: u64, what: &str| {
             VarInt::from_u64(v)
                 .map_err(|_| TransportError::TlsConfig(format!("QUIC tuning: {what} too large")))
@@ -108,6 +116,24 @@ pub struct QuicSession {
 impl QuicEndpoint {
     /// Bind `addr` (port 0 for any) with socket buffers sized per `tuning`.
     pub fn bind(addr: SocketAddr, identity: &TlsIdentity, tuning: &QuicTuning) -> Result<Self> {
+        Self::bind_with_configs(
+            addr,
+            identity,
+            tuning,
+            tuning.transport_config()?,
+            tuning.endpoint_config(),
+        )
+    }
+
+    /// Like [`QuicEndpoint::bind`] (socket buffers from `tuning`) but with
+    /// caller-made quinn transport and endpoint configurations.
+    pub fn bind_with_configs(
+        addr: SocketAddr,
+        identity: &TlsIdentity,
+        tuning: &QuicTuning,
+        transport: TransportConfig,
+        endpoint_config: quinn::EndpointConfig,
+    ) -> Result<Self> {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
             .map_err(io_err("create UDP socket"))?;
         socket
@@ -126,8 +152,17 @@ impl QuicEndpoint {
             send_bytes: socket.send_buffer_size().map_err(io_err("get SO_SNDBUF"))?,
             recv_bytes: socket.recv_buffer_size().map_err(io_err("get SO_RCVBUF"))?,
         };
-        if buffers.recv_bytes < tuning.udp_recv_buffer_bytes
-            || buffers.send_bytes < tuning.udp_send_buffer_bytes
+        // Linux grants min(asked, net.core.*mem_max) and reports twice that (the
+        // doubled value covers its bookkeeping), so a clamp shows as less than 2x.
+        let reported = |asked: usize| {
+            if cfg!(target_os = "linux") {
+                asked.saturating_mul(2)
+            } else {
+                asked
+            }
+        };
+        if buffers.recv_bytes < reported(tuning.udp_recv_buffer_bytes)
+            || buffers.send_bytes < reported(tuning.udp_send_buffer_bytes)
         {
             tracing::warn!(
                 asked_send_bytes = tuning.udp_send_buffer_bytes,
@@ -138,7 +173,7 @@ impl QuicEndpoint {
             );
         }
 
-        let transport = Arc::new(tuning.transport_config()?);
+        let transport = Arc::new(transport);
         let server_crypto = QuicServerConfig::try_from(identity.server_config()?)
             .map_err(|e| TransportError::TlsConfig(format!("QUIC server: {e}")))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -149,7 +184,7 @@ impl QuicEndpoint {
         client.transport_config(transport);
 
         let mut endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
+            endpoint_config,
             Some(server),
             socket.into(),
             Arc::new(quinn::TokioRuntime),
