@@ -279,6 +279,8 @@ fn fio_four_connections_qd32_randwrite_crc32c_verify() {
             "--size=64m",
             "--offset_increment=64m",
             "--verify=crc32c",
+            // No verify-state files in the working directory.
+            "--verify_state_save=0",
             "--verify_fatal=1",
             "--do_verify=1",
             "--randrepeat=0",

@@ -527,6 +527,8 @@ fn three_nodes_fio_verify_then_identical_volumes() {
             "--iodepth=16",
             "--size=64m",
             "--verify=crc32c",
+            // No verify-state files in the working directory.
+            "--verify_state_save=0",
             "--do_verify=1",
             "--verify_fatal=1",
             "--verify_state_save=0",
