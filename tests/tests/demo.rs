@@ -20,5 +20,8 @@ fn demo_runs_and_the_three_copies_match() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("all three copies are identical"), "{stdout}");
+    assert!(
+        stdout.contains("all three copies are identical"),
+        "{stdout}"
+    );
 }
