@@ -20,4 +20,4 @@ fi
 
 # Release profile: the tests move hundreds of MiB through real clients.
 cargo build --release --workspace --bins
-cargo test --release --workspace -- --test-threads=2 "$@"
+cargo test --release --workspace --no-fail-fast -- --test-threads=2 "$@"

@@ -278,7 +278,9 @@ async fn checkpointer(store: std::sync::Weak<Store>, interval: Duration) {
     let Some(mut pressure) = store.upgrade().map(|s| s.journal.space_pressure()) else {
         return;
     };
-    let mut tick = tokio::time::interval(interval);
+    // The first checkpoint comes one interval after start (open already
+    // checkpointed whatever recovery redid).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let notified = {
