@@ -20,4 +20,13 @@ fi
 
 # Release profile: the tests move hundreds of MiB through real clients.
 cargo build --release --workspace --bins
-cargo test --release --workspace --no-fail-fast -- --test-threads=2 "$@"
+log=$(mktemp /tmp/driftless-test.XXXXXX.log)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --release --workspace --no-fail-fast -- --test-threads=2 "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo's last line is a doc-test run).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
