@@ -4,12 +4,13 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use journal::{LogRecord, NewRecord};
+use journal::{LogRecord, Lsn, NewRecord};
 use tokio::io::{AsyncRead, AsyncWrite};
 use transport::{FramedConn, QuicEndpoint, QuicTuning, TlsIdentity, TransportError};
-use wire::{Limits, Message, WireRecord};
+use wire::{Hello, Limits, LineageEntry, Message, Role, WireRecord};
 
 use crate::config::TransportKind;
+use crate::store::Store;
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
@@ -183,5 +184,28 @@ pub(crate) fn to_new_record(r: &WireRecord) -> NewRecord {
         } else {
             Bytes::new()
         },
+    }
+}
+
+/// This node's Hello for `store`: identity, volume, lineage, role and the
+/// LSN the peer should reason from (see primary/secondary for which one).
+pub(crate) fn hello(store: &Store, node_id: &str, role: Role, durable_lsn: Lsn) -> Hello {
+    let j = store.journal();
+    Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        node_id: node_id.to_owned(),
+        volume_uuid: store.volume_uuid(),
+        volume_size_bytes: store.volume().size_bytes(),
+        region_bytes: j.region_bytes(),
+        lineage: j
+            .lineage()
+            .into_iter()
+            .map(|(generation_id, start_lsn)| LineageEntry {
+                generation_id,
+                start_lsn,
+            })
+            .collect(),
+        role,
+        durable_lsn,
     }
 }

@@ -15,7 +15,7 @@ use journal::{Consumer, Lsn, ReadBatch};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use transport::TransportError;
-use wire::{ByeCode, Hello, LineageEntry, Message, Role};
+use wire::{ByeCode, Hello, Message, Role};
 
 use crate::config::{
     mode_name, transport_name, PeerConfig, PeerMode, PeerStatus, PrimaryConfig, VolumeStatus,
@@ -456,24 +456,8 @@ async fn peer_main(inner: Arc<Inner>, idx: usize, mut consumer: Consumer) {
 }
 
 fn local_hello(inner: &Inner) -> Hello {
-    let j = inner.store.journal();
-    Hello {
-        protocol_version: wire::PROTOCOL_VERSION,
-        node_id: inner.cfg.node_id.clone(),
-        volume_uuid: inner.store.volume_uuid(),
-        volume_size_bytes: inner.store.volume().size_bytes(),
-        region_bytes: j.region_bytes(),
-        lineage: j
-            .lineage()
-            .into_iter()
-            .map(|(generation_id, start_lsn)| LineageEntry {
-                generation_id,
-                start_lsn,
-            })
-            .collect(),
-        role: Role::Primary,
-        durable_lsn: j.durable_lsn(),
-    }
+    let durable = inner.store.journal().durable_lsn();
+    conn::hello(&inner.store, &inner.cfg.node_id, Role::Primary, durable)
 }
 
 fn describe(e: &TransportError) -> String {

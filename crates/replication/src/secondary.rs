@@ -10,7 +10,7 @@ use journal::{AppendHandle, Lsn};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use transport::{QuicEndpoint, TcpTlsListener, TransportError};
-use wire::{ByeCode, Hello, LineageEntry, Message, RefuseCode, Role, WireRecord};
+use wire::{ByeCode, Hello, Message, RefuseCode, Role, WireRecord};
 
 use crate::config::{PeerStatus, SecondaryConfig, VolumeStatus};
 use crate::conn::{self, Conn, MsgReader, MsgWriter};
@@ -272,26 +272,10 @@ async fn accept_quic(inner: Arc<Inner>, q: QuicEndpoint) {
 }
 
 fn local_hello(store: &Store, node_id: &str) -> Hello {
-    let j = store.journal();
-    Hello {
-        protocol_version: wire::PROTOCOL_VERSION,
-        node_id: node_id.to_owned(),
-        volume_uuid: store.volume_uuid(),
-        volume_size_bytes: store.volume().size_bytes(),
-        region_bytes: j.region_bytes(),
-        lineage: j
-            .lineage()
-            .into_iter()
-            .map(|(generation_id, start_lsn)| LineageEntry {
-                generation_id,
-                start_lsn,
-            })
-            .collect(),
-        role: Role::Secondary,
-        // The last LSN the journal holds (no session is running, so nothing
-        // is queued): the stream continues after it.
-        durable_lsn: j.next_lsn() - 1,
-    }
+    // The last LSN the journal holds (no session is running, so nothing is
+    // queued): the stream continues after it.
+    let last = store.journal().next_lsn() - 1;
+    conn::hello(store, node_id, Role::Secondary, last)
 }
 
 /// Last message before closing: how long the peer gets to read it.
@@ -403,6 +387,9 @@ type Batch = Vec<(WireRecord, AppendHandle)>;
 
 /// How often a secondary makes what it received durable on its own.
 const SECONDARY_SYNC_INTERVAL: Duration = Duration::from_millis(20);
+
+/// At most one unsolicited durable-LSN Ack per this interval.
+const ACK_COALESCE: Duration = Duration::from_millis(10);
 
 async fn session(
     inner: &Arc<Inner>,
@@ -594,24 +581,29 @@ async fn sync_pump(store: Arc<Store>) {
 }
 
 /// Sends queued messages, plus an Ack whenever the journal's durable LSN
-/// advances (checkpoints), so the primary can release its journal.
+/// advances (syncs, checkpoints), so the primary can release its journal.
+/// Unsolicited Acks are coalesced to one per `ACK_COALESCE`; the wait is a
+/// deadline in the select, never a sleep, so a FlushAck or batch Ack queued
+/// meanwhile goes out at once.
 async fn write_loop(store: Arc<Store>, mut w: MsgWriter, mut rx: mpsc::Receiver<Message>) {
     let mut durable = store.journal().durable_watch();
     let mut last_ack = Instant::now();
+    let mut ack_due: Option<tokio::time::Instant> = None;
     loop {
         let msg = tokio::select! {
             m = rx.recv() => match m {
                 Some(m) => m,
                 None => break,
             },
-            changed = durable.changed() => {
+            changed = durable.changed(), if ack_due.is_none() => {
                 if changed.is_err() {
                     break;
                 }
-                // Coalesce: at most one unsolicited Ack per 10 ms.
-                if last_ack.elapsed() < Duration::from_millis(10) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                ack_due = Some(tokio::time::Instant::from_std(last_ack + ACK_COALESCE));
+                continue;
+            }
+            _ = async { tokio::time::sleep_until(ack_due.expect("guarded")).await }, if ack_due.is_some() => {
+                ack_due = None;
                 let j = store.journal();
                 Message::Ack {
                     durable_lsn: j.durable_lsn(),
