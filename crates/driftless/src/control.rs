@@ -12,6 +12,9 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// A request line is at most this long; anything longer is refused.
 const MAX_REQUEST_BYTES: usize = 4096;
+/// Control clients served at once.
+const MAX_CONTROL_CONNECTIONS: usize = 16;
+const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -55,7 +58,12 @@ pub fn bind(path: &Path) -> anyhow::Result<(UnixListener, crate::serve::SocketGu
 }
 
 pub async fn serve(listener: UnixListener, source: Arc<dyn StatusSource>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
+        // At the limit, further clients wait in the listen backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(err) => {
@@ -66,9 +74,13 @@ pub async fn serve(listener: UnixListener, source: Arc<dyn StatusSource>) {
         };
         let source = source.clone();
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, source).await {
-                tracing::debug!(error = %err, "control request failed");
+            // A client that sends nothing must not hold its slot forever.
+            match tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, answer(stream, source)).await {
+                Ok(Err(err)) => tracing::debug!(error = %err, "control request failed"),
+                Err(_) => tracing::debug!("control request timed out"),
+                Ok(Ok(())) => {}
             }
+            drop(slot);
         });
     }
 }
