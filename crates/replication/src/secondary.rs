@@ -78,7 +78,7 @@ impl Secondary {
             None => None,
         };
         let quic = match cfg.listen_quic {
-            Some(a) => Some(QuicEndpoint::bind(a, &cfg.tls, &cfg.quic)?),
+            Some(a) => Some(bind_quic(a, &cfg).await?),
             None => None,
         };
         let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -203,6 +203,25 @@ impl Secondary {
             q.close();
         }
         tracing::info!("secondary shut down");
+    }
+}
+
+/// How long a secondary waits for its QUIC port to be released by an endpoint
+/// that is still shutting down (a restart right after a stop).
+const QUIC_BIND_WAIT: Duration = Duration::from_secs(5);
+
+async fn bind_quic(addr: SocketAddr, cfg: &SecondaryConfig) -> Result<QuicEndpoint, EngineError> {
+    let start = Instant::now();
+    loop {
+        match QuicEndpoint::bind(addr, &cfg.tls, &cfg.quic) {
+            Err(TransportError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && start.elapsed() < QUIC_BIND_WAIT =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
