@@ -437,22 +437,9 @@ pub struct VolumeStatus {
     pub peers: Vec<PeerStatus>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct PeerStatus {
-    pub name: String,
-    pub mode: String,
-    pub transport: String,
-    pub address: String,
-    pub state: String,
-    pub acked_lsn: u64,
-    pub durable_lsn: u64,
-    pub lag_bytes: u64,
-    pub lag_records: u64,
-    pub lag_seconds: f64,
-    pub throughput_bytes_per_sec: f64,
-    pub last_error: Option<String>,
-    pub dirty_regions: u64,
-}
+/// Per-peer status as the daemon serializes it: the engine's own type, so a
+/// renamed field breaks these tests at compile time, not at parse time.
+pub use replication::PeerStatus;
 
 impl VolumeStatus {
     pub fn peer(&self, name: &str) -> Option<&PeerStatus> {
