@@ -20,7 +20,7 @@ use crate::config::SyncPeerLossPolicy;
 pub(crate) struct ShipState {
     /// Last LSN sent (the peer held everything up to the start LSN − 1).
     pub sent_lsn: Lsn,
-    /// Last LSN the peer journaled (its Ack's applied or durable LSN).
+    /// Last LSN the peer journaled (its Ack's journaled or durable LSN).
     pub acked_lsn: Lsn,
     pub durable_lsn: Lsn,
     inflight: VecDeque<(Lsn, u64)>,
@@ -86,9 +86,9 @@ impl ShipState {
     }
 
     /// An `Ack`: returns the bytes it newly acknowledged.
-    pub fn on_ack(&mut self, durable: Lsn, applied: Option<Lsn>) -> Result<u64, ShipError> {
-        // Applied implies journaled on the peer; durable does too.
-        let journaled = durable.max(applied.unwrap_or(0));
+    pub fn on_ack(&mut self, durable: Lsn, journaled: Option<Lsn>) -> Result<u64, ShipError> {
+        // Durable implies journaled on the peer.
+        let journaled = durable.max(journaled.unwrap_or(0));
         if journaled > self.sent_lsn {
             return Err(ShipError::AckBeyondSent {
                 acked: journaled,

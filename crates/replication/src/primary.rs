@@ -2,9 +2,9 @@
 //! peer that ships journal records in LSN order, and the sync gate that
 //! holds writes and flushes for sync peers.
 //!
-//! Acks: a secondary answers each batch with `Ack{durable_lsn, applied_lsn}`
-//! once the records are journaled and applied; "applied" implies journaled,
-//! so `max(durable, applied)` releases sync writes, while only `durable`
+//! Acks: a secondary answers each batch with `Ack{durable_lsn, journaled_lsn}`
+//! once the records are in its journal (before it applies them), so
+//! `max(durable, journaled)` releases sync writes, while only `durable`
 //! releases the primary's journal (consumer ack) and answers flushes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -723,11 +723,11 @@ async fn receiver(
         match msg {
             Message::Ack {
                 durable_lsn,
-                applied_lsn,
+                journaled_lsn,
             } => {
                 let (freed, acked, durable, wake) = {
                     let mut s = lock(ship);
-                    let freed = match s.on_ack(durable_lsn, applied_lsn) {
+                    let freed = match s.on_ack(durable_lsn, journaled_lsn) {
                         Ok(f) => f,
                         Err(e) => return SessionEnd::Failed(format!("protocol: {e}")),
                     };

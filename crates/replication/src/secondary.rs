@@ -1,6 +1,6 @@
 //! The secondary: listens for its primary over TCP+TLS and/or QUIC,
 //! journals every received record at the primary's LSN, applies records to
-//! the volume in LSN order, and acknowledges.
+//! the volume in LSN order, and acknowledges what it journaled.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -549,16 +549,29 @@ async fn adopt(store: &Store, hello: &Hello, r: &WireRecord) -> Result<(), Strin
         .map_err(|e| format!("adopting generation {}: {e}", r.generation))
 }
 
+/// Per batch: waits until it is written to the journal, acknowledges it as
+/// journaled (what a sync write waits for), then applies it in LSN order.
 async fn apply_loop(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<Batch>,
     out: mpsc::Sender<Message>,
 ) -> Result<(), String> {
     while let Some(batch) = rx.recv().await {
+        let mut records = Vec::with_capacity(batch.len());
         for (r, h) in batch {
             h.written()
                 .await
                 .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))?;
+            records.push(r);
+        }
+        let j = store.journal();
+        let _ = out
+            .send(Message::Ack {
+                durable_lsn: j.durable_lsn(),
+                journaled_lsn: Some(j.written_lsn()),
+            })
+            .await;
+        for r in records {
             store
                 .apply_replica(
                     r.lsn,
@@ -570,13 +583,6 @@ async fn apply_loop(
                 .await
                 .map_err(|e| format!("applying LSN {}: {e}", r.lsn))?;
         }
-        let j = store.journal();
-        let _ = out
-            .send(Message::Ack {
-                durable_lsn: j.durable_lsn(),
-                applied_lsn: Some(j.applied_lsn()),
-            })
-            .await;
     }
     Ok(())
 }
@@ -626,7 +632,7 @@ async fn write_loop(store: Arc<Store>, mut w: MsgWriter, mut rx: mpsc::Receiver<
                 let j = store.journal();
                 Message::Ack {
                     durable_lsn: j.durable_lsn(),
-                    applied_lsn: Some(j.applied_lsn()),
+                    journaled_lsn: Some(j.written_lsn()),
                 }
             }
         };

@@ -224,7 +224,7 @@ pub enum Message {
     },
     Ack {
         durable_lsn: u64,
-        applied_lsn: Option<u64>,
+        journaled_lsn: Option<u64>,
     },
     Flush {
         lsn: u64,
@@ -465,10 +465,10 @@ pub(crate) fn encode_payload(
         }
         Message::Ack {
             durable_lsn,
-            applied_lsn,
+            journaled_lsn,
         } => {
             w.put_u64(*durable_lsn);
-            match applied_lsn {
+            match journaled_lsn {
                 Some(a) => {
                     w.put_u8(1);
                     w.put_u64(*a);
@@ -706,14 +706,14 @@ pub(crate) fn decode_payload(
         }
         MessageType::Ack => {
             let durable_lsn = r.u64("ack.durable_lsn")?;
-            let applied_lsn = match r.u8("ack.has_applied")? {
+            let journaled_lsn = match r.u8("ack.has_journaled")? {
                 0 => None,
-                1 => Some(r.u64("ack.applied_lsn")?),
-                _ => return Err(malformed("ack.has_applied", "must be 0 or 1")),
+                1 => Some(r.u64("ack.journaled_lsn")?),
+                _ => return Err(malformed("ack.has_journaled", "must be 0 or 1")),
             };
             Message::Ack {
                 durable_lsn,
-                applied_lsn,
+                journaled_lsn,
             }
         }
         MessageType::Flush => Message::Flush {

@@ -103,11 +103,11 @@ fn all_messages() -> Vec<Message> {
         },
         Message::Ack {
             durable_lsn: 5,
-            applied_lsn: None,
+            journaled_lsn: None,
         },
         Message::Ack {
             durable_lsn: 5,
-            applied_lsn: Some(4),
+            journaled_lsn: Some(4),
         },
         Message::Flush { lsn: 77 },
         Message::FlushAck { lsn: 77 },
@@ -720,7 +720,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         arb_records(),
         (any::<u64>(), any::<Option<u64>>()).prop_map(|(d, a)| Message::Ack {
             durable_lsn: d,
-            applied_lsn: a
+            journaled_lsn: a
         }),
         any::<u64>().prop_map(|lsn| Message::Flush { lsn }),
         any::<u64>().prop_map(|lsn| Message::FlushAck { lsn }),

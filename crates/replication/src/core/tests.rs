@@ -215,7 +215,7 @@ fn lag_tracker_sums_unacknowledged_writes_and_stays_bounded() {
 #[derive(Debug, Clone)]
 enum Op {
     Send(u8),
-    Ack { durable_back: u8, applied_back: u8 },
+    Ack { durable_back: u8, journaled_back: u8 },
     Flush,
     FlushAck,
 }
@@ -225,7 +225,7 @@ fn op() -> impl Strategy<Value = Op> {
         (1u8..5).prop_map(Op::Send),
         (0u8..6, 0u8..6).prop_map(|(d, a)| Op::Ack {
             durable_back: d,
-            applied_back: a
+            journaled_back: a
         }),
         Just(Op::Flush),
         Just(Op::FlushAck),
@@ -252,9 +252,9 @@ proptest! {
                     s.on_sent(&recs).unwrap();
                     model.extend(recs);
                 }
-                Op::Ack { durable_back, applied_back } => {
+                Op::Ack { durable_back, journaled_back } => {
                     let d = s.sent_lsn.saturating_sub(durable_back as u64);
-                    let a = s.sent_lsn.saturating_sub(applied_back as u64);
+                    let a = s.sent_lsn.saturating_sub(journaled_back as u64);
                     s.on_ack(d, Some(a)).unwrap();
                     prop_assert!(s.on_ack(s.sent_lsn + 1, None).is_err());
                     model.retain(|&(l, _)| l > s.acked_lsn);
