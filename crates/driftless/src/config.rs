@@ -11,6 +11,9 @@ use serde::{Deserialize, Deserializer};
 
 use crate::units::{parse_bytes, parse_duration};
 
+/// An async peer's ship delay is lag by design: keep it well under a second.
+const MAX_SHIP_DELAY: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -194,6 +197,9 @@ pub struct PeerSection {
     pub max_inflight: u64,
     #[serde(deserialize_with = "bytes", default = "default_batch")]
     pub max_batch: u64,
+    /// Async peers: longest wait for a local journal sync before shipping.
+    #[serde(deserialize_with = "duration", default = "default_ship_delay")]
+    pub max_ship_delay: Duration,
 }
 
 fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -274,6 +280,10 @@ fn default_peer_timeout() -> Duration {
 }
 fn default_inflight() -> u64 {
     64 << 20
+}
+
+fn default_ship_delay() -> Duration {
+    Duration::from_millis(10)
 }
 
 impl NodeConfig {
@@ -358,6 +368,9 @@ impl NodeConfig {
                 if p.max_inflight == 0 || p.max_batch == 0 || p.max_batch > p.max_inflight {
                     bail!("{at}: need 0 < max_batch <= max_inflight");
                 }
+                if p.max_ship_delay.is_zero() || p.max_ship_delay > MAX_SHIP_DELAY {
+                    bail!("{at}: need 0 < max_ship_delay <= {MAX_SHIP_DELAY:?}");
+                }
             }
         }
         Ok(())
@@ -421,6 +434,7 @@ max_inflight = "128MiB"
         assert_eq!(v.checkpoint_interval, std::time::Duration::from_secs(5));
         assert_eq!(v.peers[1].max_inflight, 128 << 20);
         assert_eq!(v.peers[0].max_inflight, 64 << 20);
+        assert_eq!(v.peers[1].max_ship_delay, std::time::Duration::from_millis(10));
         assert_eq!(
             v.journal_dir(),
             std::path::PathBuf::from("/tmp/vol0.img.journal")
@@ -458,5 +472,15 @@ max_inflight = "128MiB"
         let bad = PRIMARY.replace("role = \"primary\"", "role = \"secondary\"");
         let err = format!("{:#}", NodeConfig::parse(&bad).unwrap_err());
         assert!(err.contains("listen_tcp"), "{err}");
+
+        let bad = PRIMARY.replace(
+            "max_inflight = \"128MiB\"",
+            "max_inflight = \"128MiB\"\nmax_ship_delay = \"5s\"",
+        );
+        let err = format!("{:#}", NodeConfig::parse(&bad).unwrap_err());
+        assert!(
+            err.contains("peer[1] (dr)") && err.contains("max_ship_delay"),
+            "{err}"
+        );
     }
 }

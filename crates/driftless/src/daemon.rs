@@ -263,6 +263,7 @@ fn primary_config(
             address: p.address,
             max_inflight_bytes: p.max_inflight,
             max_batch_bytes: p.max_batch as usize,
+            max_ship_delay: p.max_ship_delay,
         })
         .collect();
     let mut cfg = PrimaryConfig::new(node, tls.clone(), peers);

@@ -36,8 +36,9 @@ use crate::Lsn;
 /// Where a sequential disk read stopped: (segment number, offset, LSN there).
 type DiskPos = (u64, u64, Lsn);
 
-/// Consumers wait this long for a durable record before asking for a sync.
-const CONSUMER_SYNC_DELAY: Duration = Duration::from_millis(2);
+/// By default a consumer waits this long for a durable record before asking
+/// for a sync (see [`Consumer::set_sync_delay`]).
+const DEFAULT_CONSUMER_SYNC_DELAY: Duration = Duration::from_millis(2);
 /// Disk reads for consumers and folds use windows of at least this size.
 const READ_WINDOW_BYTES: usize = 1 << 20;
 
@@ -426,6 +427,8 @@ pub struct Consumer {
     disk_pos: Option<DiskPos>,
     /// Also read records that are written but not yet durable (sync peers).
     read_written: bool,
+    /// How long to wait for someone else's sync before asking for one.
+    sync_delay: Duration,
 }
 
 /// A replica append admitted to the journal's queue; resolves once written.
@@ -1026,6 +1029,7 @@ impl Journal {
                 name: owned,
                 disk_pos: None,
                 read_written: false,
+                sync_delay: DEFAULT_CONSUMER_SYNC_DELAY,
             })
         })
         .await
@@ -1473,6 +1477,14 @@ impl Consumer {
         self.read_written = yes;
     }
 
+    /// A consumer of durable records waits this long for a sync that
+    /// somebody else (a FLUSH, a checkpoint) asks for before asking itself.
+    /// Longer means fewer fdatasyncs and larger batches, and up to this much
+    /// extra lag.
+    pub fn set_sync_delay(&mut self, delay: Duration) {
+        self.sync_delay = delay;
+    }
+
     /// Moves the read position to `lsn` (the peer holds everything before
     /// it). Forward moves also release the records before `lsn`; a backward
     /// move requires the records to still be in the journal and holds them
@@ -1562,7 +1574,7 @@ impl Consumer {
                     }
                     continue;
                 }
-                let waited = tokio::time::timeout(CONSUMER_SYNC_DELAY, durable_rx.changed()).await;
+                let waited = tokio::time::timeout(self.sync_delay, durable_rx.changed()).await;
                 match waited {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return Err(JournalError::Shutdown),

@@ -58,6 +58,11 @@ pub struct PeerConfig {
     pub max_inflight_bytes: u64,
     /// One `Records` frame stops growing past this.
     pub max_batch_bytes: usize,
+    /// Async peers are shipped records once they are durable here. When no
+    /// FLUSH or checkpoint syncs the journal sooner, the session asks for a
+    /// sync after this long: it bounds the lag this adds, and a longer delay
+    /// means fewer fdatasyncs on the write path and larger batches.
+    pub max_ship_delay: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -104,6 +104,7 @@ impl Primary {
                 .register_consumer(&p.name, journal.oldest_lsn())
                 .await?;
             consumer.set_read_written(p.mode == PeerMode::Sync);
+            consumer.set_sync_delay(p.max_ship_delay);
             let dirty = journal.consumer_bitmap(&p.name)?.count();
             consumers.push(consumer);
             peers.push(Arc::new(Peer {

@@ -94,6 +94,7 @@ fn peer(name: &str, mode: PeerMode, transport: TransportKind, address: SocketAdd
         address,
         max_inflight_bytes: 4 << 20,
         max_batch_bytes: 1 << 20,
+        max_ship_delay: Duration::from_millis(10),
     }
 }
 
