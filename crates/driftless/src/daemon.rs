@@ -28,7 +28,15 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         .thread_name("driftless")
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(daemon(config))
+    let replication = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("driftless-repl")
+        .build()
+        .context("starting the replication runtime")?;
+    let result = runtime.block_on(daemon(config, replication.handle().clone()));
+    replication.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 enum Running {
@@ -69,7 +77,7 @@ impl StatusSource for Node {
     }
 }
 
-async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
+async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> anyhow::Result<()> {
     let tls = Arc::new(
         TlsIdentity::load(
             &config.tls.cert,
@@ -94,10 +102,14 @@ async fn daemon(config: NodeConfig) -> anyhow::Result<()> {
             .with_context(|| format!("volume {}", v.name))?;
         match v.role {
             Role::Primary => {
-                let primary =
-                    Primary::start(store, primary_config(&config.node.name, v, &tls, &quic))
-                        .await
-                        .with_context(|| format!("volume {}: starting replication", v.name))?;
+                let primary = repl
+                    .spawn(Primary::start(
+                        store,
+                        primary_config(&config.node.name, v, &tls, &quic),
+                    ))
+                    .await
+                    .context("replication runtime")?
+                    .with_context(|| format!("volume {}: starting replication", v.name))?;
                 let target = Arc::new(JournaledTarget::new(primary.clone()));
                 let nbd = v
                     .nbd
