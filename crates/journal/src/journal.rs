@@ -694,19 +694,24 @@ impl Journal {
     /// `generation` the current one (see [`Journal::adopt_generation`]).
     /// Resolves once the record is queued, so a receiver can admit a whole
     /// batch in order and then wait for the handles (one write batch).
+    /// `payload_blake3` is the digest the primary's journal stored, which the
+    /// caller has already checked against the payload: it is not hashed twice.
     pub async fn append_replica(
         &self,
         lsn: Lsn,
         generation: u64,
         rec: NewRecord,
+        payload_blake3: [u8; 32],
     ) -> Result<AppendHandle, JournalError> {
-        self.admit(rec, Some((lsn, generation))).await
+        debug_assert_eq!(payload_digest(&rec.payload), payload_blake3);
+        self.admit(rec, Some((lsn, generation, payload_blake3)))
+            .await
     }
 
     async fn admit(
         &self,
         rec: NewRecord,
-        replica: Option<(Lsn, u64)>,
+        replica: Option<(Lsn, u64, [u8; 32])>,
     ) -> Result<AppendHandle, JournalError> {
         let inner = &self.inner;
         let payload_len = rec.payload.len();
@@ -744,7 +749,10 @@ impl Journal {
             .acquire_many_owned(size as u32)
             .await
             .map_err(|_| JournalError::Shutdown)?;
-        let digest = payload_digest(&rec.payload);
+        let digest = match replica {
+            Some((_, _, digest)) => digest,
+            None => payload_digest(&rec.payload),
+        };
         let crc = payload_crc(&rec.payload);
         let (tx, rx) = oneshot::channel();
         {
@@ -756,7 +764,7 @@ impl Journal {
                 return Err(JournalError::Shutdown);
             }
             let lsn = st.next_lsn;
-            if let Some((want_lsn, want_generation)) = replica {
+            if let Some((want_lsn, want_generation, _)) = replica {
                 if want_lsn != lsn {
                     return Err(JournalError::InvalidRequest(format!(
                         "replica record LSN {want_lsn} does not continue the journal (next LSN {lsn})"

@@ -481,7 +481,7 @@ async fn read_loop(
                         adopt(store, hello, &r).await?;
                     }
                     let h = store
-                        .append_replica(r.lsn, r.generation, conn::to_new_record(&r))
+                        .append_replica(r.lsn, r.generation, conn::to_new_record(&r), r.blake3)
                         .await
                         .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))?;
                     batch.push((r, h));

@@ -239,9 +239,13 @@ impl Store {
         lsn: Lsn,
         generation: u64,
         record: NewRecord,
+        payload_blake3: [u8; 32],
     ) -> Result<AppendHandle, StoreError> {
         self.check_failed()?;
-        Ok(self.journal.append_replica(lsn, generation, record).await?)
+        Ok(self
+            .journal
+            .append_replica(lsn, generation, record, payload_blake3)
+            .await?)
     }
 
     /// Applies a journaled replica record to the volume. Callers apply in

@@ -2,6 +2,7 @@
 //! consumers that read written (not yet durable) records, seeking.
 
 use super::*;
+use crate::record::payload_digest;
 use crate::{initial_generation_id, JournalError, NewRecord, ReadBatch};
 
 #[test]
@@ -27,25 +28,26 @@ fn replica_appends_keep_the_primary_lsns_and_refuse_gaps() {
             let mut handles = Vec::new();
             for lsn in 1..=5u64 {
                 let rec = NewRecord::write(lsn * 512, payload(512, lsn as u8));
-                handles.push(j.append_replica(lsn, g, rec).await.unwrap());
+                let digest = payload_digest(&rec.payload);
+                handles.push(j.append_replica(lsn, g, rec, digest).await.unwrap());
             }
             for (i, h) in handles.into_iter().enumerate() {
                 assert_eq!(h.written().await.unwrap(), i as u64 + 1);
             }
-            let gap = j.append_replica(7, g, NewRecord::trim(0, 512)).await;
+            let gap = j.append_replica(7, g, NewRecord::trim(0, 512), [0; 32]).await;
             assert!(
                 matches!(gap, Err(JournalError::InvalidRequest(_))),
                 "{gap:?}"
             );
-            let old = j.append_replica(5, g, NewRecord::trim(0, 512)).await;
+            let old = j.append_replica(5, g, NewRecord::trim(0, 512), [0; 32]).await;
             assert!(old.is_err());
-            let wrong_gen = j.append_replica(6, g + 1, NewRecord::trim(0, 512)).await;
+            let wrong_gen = j.append_replica(6, g + 1, NewRecord::trim(0, 512), [0; 32]).await;
             assert!(wrong_gen.is_err());
             // A generation is adopted only at exactly the next LSN.
             assert!(j.adopt_generation(99, 7).await.is_err());
             j.adopt_generation(99, 6).await.unwrap();
             let h = j
-                .append_replica(6, 99, NewRecord::trim(0, 512))
+                .append_replica(6, 99, NewRecord::trim(0, 512), [0; 32])
                 .await
                 .unwrap();
             assert_eq!(h.written().await.unwrap(), 6);
