@@ -17,7 +17,8 @@
 # Env: DRIFTLESS=path to the binary (default $CARGO_TARGET_DIR/release/driftless
 #      or target/release/driftless), VOL_SIZE (default 1GiB),
 #      PRIMARY_EXTRA / SECONDARY_EXTRA: extra TOML lines for the [[volume]] table,
-#      QUIC_EXTRA: lines for a [quic] section written into both configs.
+#      QUIC_EXTRA: lines for a [quic] section written into both configs,
+#      PEER_LOG: file the watchdog appends the peer's state changes to.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cmd=${1:?usage: cluster-wrap.sh serve|config MODE FILE SOCK DIR}
@@ -117,11 +118,26 @@ if [ "$mode" != none ]; then
     echo "cluster-wrap: secondary not ready after 10 s" >&2; cat "$dir/secondary.log" >&2; exit 1
   fi
   # Watchdog: $$ becomes the primary after exec; when it is gone, stop the
-  # secondary (TERM, then KILL after 5 s).
+  # secondary (TERM, then KILL after 5 s). With PEER_LOG set, it also appends
+  # every change of the peer's state ("MODE STATE", e.g. needs-resync after a
+  # fold) to that file, so a benchmark can tell which runs shipped throughout.
   me=$$
   (
     trap '' TERM INT HUP
-    while kill -0 "$me" 2>/dev/null; do sleep 0.2; done
+    last="" n=0
+    [ -z "${PEER_LOG:-}" ] || echo "$(date +%T) $mode run-start" >>"$PEER_LOG"
+    while kill -0 "$me" 2>/dev/null; do
+      sleep 0.2
+      n=$((n + 1))
+      if [ -n "${PEER_LOG:-}" ] && [ $((n % 5)) = 0 ]; then
+        st=$("$bin" status --socket "$dir/pri.ctl" --json 2>/dev/null |
+          jq -r '.volumes[0].peers[0].state' 2>/dev/null) || st=""
+        if [ -n "$st" ] && [ "$st" != "$last" ]; then
+          echo "$(date +%T) $mode $st" >>"$PEER_LOG"
+          last=$st
+        fi
+      fi
+    done
     kill "$spid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$spid" 2>/dev/null || exit 0; sleep 0.1; done
     kill -9 "$spid" 2>/dev/null || true

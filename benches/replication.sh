@@ -26,7 +26,9 @@ export DRIFTLESS=$target/release/driftless
 wrap=$root/benches/cluster-wrap.sh
 
 run_tsv=$(mktemp /tmp/driftless-replication-run.XXXXXX.tsv)
-trap 'rm -f "$run_tsv"' EXIT
+export PEER_LOG
+PEER_LOG=$(mktemp /tmp/driftless-replication-peers.XXXXXX.log)
+trap 'rm -f "$run_tsv" "$PEER_LOG"' EXIT
 "$bench/peers-compare.sh" -r "$REPS" -t "$RT" -R "$RAMP" -o "$run_tsv" \
   "a-solo@vol0=$wrap serve none {FILE} {SOCK} {DIR}" \
   "b-sync-tcp@vol0=$wrap serve sync-tcp {FILE} {SOCK} {DIR}" \
@@ -65,4 +67,11 @@ for job in jobs:
 print("\nMedians of interleaved reps; ratios of medians from this run. Targets: (b) >= 0.8x on"
       " randwrite4k-qd32 and seqwrite1m-qd8, (c) >= 0.95x on every job.")
 EOF
+echo
+echo "# peer state changes per server run (an async peer that falls past the"
+echo "# journal cap is needs-resync from then on: later jobs of that run ship nothing):"
+sed 's/^/#   /' "$PEER_LOG"
+if grep -q "needs-resync" "$PEER_LOG"; then
+  echo "# WARNING: some runs lost their peer (needs-resync); their later jobs are not replicated"
+fi
 echo "# raw rows appended to $TSV"
