@@ -39,6 +39,8 @@ type DiskPos = (u64, u64, Lsn);
 /// By default a consumer waits this long for a durable record before asking
 /// for a sync (see [`Consumer::set_sync_delay`]).
 const DEFAULT_CONSUMER_SYNC_DELAY: Duration = Duration::from_millis(2);
+/// A writer waiting for space re-signals space pressure this often.
+const FULL_WAIT_POKE: Duration = Duration::from_millis(100);
 /// Disk reads for consumers and folds use windows of at least this size.
 const READ_WINDOW_BYTES: usize = 1 << 20;
 
@@ -867,6 +869,9 @@ impl Journal {
                 meta.sb.checkpoint_lsn = lsn;
             }
             inner.reclaim_locked(&mut meta, true)?;
+            // A writer waiting for space may now fold a consumer that holds
+            // the oldest segment (see `fold_and_reclaim`).
+            inner.space_cv.notify_all();
             Ok(())
         })
         .await
@@ -1194,6 +1199,23 @@ async fn sync_inner(inner: &Arc<Inner>, lsn: Lsn) -> Result<(), JournalError> {
 }
 
 impl Inner {
+    /// Every record up to `lsn` is on disk: wake the syncs it satisfies.
+    fn publish_durable(&self, lsn: Lsn) {
+        let mut st = lock(&self.state);
+        if lsn <= st.durable_lsn {
+            return;
+        }
+        st.durable_lsn = lsn;
+        self.durable_tx.send_replace(lsn);
+        let (done, keep): (Vec<_>, Vec<_>) =
+            st.sync_waiters.drain(..).partition(|(l, _)| *l <= lsn);
+        st.sync_waiters = keep;
+        drop(st);
+        for (_, w) in done {
+            let _ = w.send(Ok(()));
+        }
+    }
+
     fn set_pressure(&self, meta: &Meta, waiting: bool) {
         let p = waiting || meta.live_bytes(self.cfg.segment_bytes) >= self.cfg.pressure_bytes;
         self.pressure_tx
@@ -1317,7 +1339,10 @@ impl Inner {
                 if self.fold_and_reclaim(&mut meta, written)? {
                     continue;
                 }
-                self.set_pressure(&meta, true);
+                // Forced, not only on a change: pressure may already be set
+                // (a consumer holding space keeps it set), and the owner's
+                // checkpointer must run again for this wait.
+                self.pressure_tx.send_replace(true);
                 if !counted_wait {
                     counted_wait = true;
                     self.counters.full_waits.fetch_add(1, Ordering::Relaxed);
@@ -1331,9 +1356,11 @@ impl Inner {
                         checkpoint_lsn: meta.sb.checkpoint_lsn,
                     });
                 }
+                // Poke the checkpointer again now and then: a checkpoint that
+                // found nothing new applied frees nothing and wakes no one.
                 meta = self
                     .space_cv
-                    .wait_timeout(meta, deadline - now)
+                    .wait_timeout(meta, (deadline - now).min(FULL_WAIT_POKE))
                     .expect("journal lock poisoned")
                     .0;
                 continue;
@@ -1774,26 +1801,16 @@ fn writer_main(inner: Arc<Inner>, mut cur: Option<CurrentSeg>) {
             c.info.file.sync_data()
         };
         inner.counters.fdatasyncs.fetch_add(1, Ordering::Relaxed);
-        let mut st = lock(&inner.state);
         match res {
             Ok(()) => {
                 c.unsynced = false;
-                assert!(target >= st.durable_lsn, "durable LSN is monotonic");
-                st.durable_lsn = target;
-                inner.durable_tx.send_replace(target);
-                let (done, keep): (Vec<_>, Vec<_>) =
-                    st.sync_waiters.drain(..).partition(|(l, _)| *l <= target);
-                st.sync_waiters = keep;
-                drop(st);
-                for (_, w) in done {
-                    let _ = w.send(Ok(()));
-                }
+                inner.publish_durable(target);
             }
             Err(e) => {
                 // Never retried: after a failed fdatasync the kernel may have
                 // dropped the dirty pages, so a later success proves nothing.
                 let reason = format!("fdatasync of {} failed: {e}", c.info.path.display());
-                inner.fail(&mut st, reason);
+                inner.fail(&mut lock(&inner.state), reason);
             }
         }
     }
@@ -1814,18 +1831,25 @@ fn write_batch(
     while i < batch.len() {
         let need = batch[i].encoded_len() as u64;
         if cur.as_ref().is_none_or(|c| c.offset + need > seg_bytes) {
-            if let Some(c) = cur.as_mut().filter(|c| c.unsynced) {
+            if let Some(c) = cur.as_mut() {
                 // The finished segment is synced once, so syncs only ever
                 // need the current file.
-                if let Err(e) = c.info.file.sync_data() {
-                    let path = c.info.path.clone();
-                    return (
-                        i,
-                        Some(JournalError::io("fdatasync finished segment", &path, e)),
-                    );
+                if c.unsynced {
+                    if let Err(e) = c.info.file.sync_data() {
+                        let path = c.info.path.clone();
+                        return (
+                            i,
+                            Some(JournalError::io("fdatasync finished segment", &path, e)),
+                        );
+                    }
+                    inner.counters.fdatasyncs.fetch_add(1, Ordering::Relaxed);
+                    c.unsynced = false;
                 }
-                inner.counters.fdatasyncs.fetch_add(1, Ordering::Relaxed);
-                c.unsynced = false;
+                // Everything written before this batch is now durable. Say so
+                // before waiting for space below: the checkpoint that frees
+                // the space syncs its LSN first, and only this thread could
+                // otherwise serve that sync.
+                inner.publish_durable(written_before);
             }
             let written = if i == 0 {
                 written_before

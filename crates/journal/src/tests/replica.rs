@@ -34,14 +34,20 @@ fn replica_appends_keep_the_primary_lsns_and_refuse_gaps() {
             for (i, h) in handles.into_iter().enumerate() {
                 assert_eq!(h.written().await.unwrap(), i as u64 + 1);
             }
-            let gap = j.append_replica(7, g, NewRecord::trim(0, 512), [0; 32]).await;
+            let gap = j
+                .append_replica(7, g, NewRecord::trim(0, 512), [0; 32])
+                .await;
             assert!(
                 matches!(gap, Err(JournalError::InvalidRequest(_))),
                 "{gap:?}"
             );
-            let old = j.append_replica(5, g, NewRecord::trim(0, 512), [0; 32]).await;
+            let old = j
+                .append_replica(5, g, NewRecord::trim(0, 512), [0; 32])
+                .await;
             assert!(old.is_err());
-            let wrong_gen = j.append_replica(6, g + 1, NewRecord::trim(0, 512), [0; 32]).await;
+            let wrong_gen = j
+                .append_replica(6, g + 1, NewRecord::trim(0, 512), [0; 32])
+                .await;
             assert!(wrong_gen.is_err());
             // A generation is adopted only at exactly the next LSN.
             assert!(j.adopt_generation(99, 7).await.is_err());

@@ -120,6 +120,65 @@ fn slow_consumer_is_folded_and_never_blocks_writes() {
     let _ = expect;
 }
 
+/// The daemon's shape: many writers at once, a checkpointer that runs on
+/// space pressure, and an async peer's consumer that never catches up. The
+/// writer thread fills the journal while the checkpoint needs a sync; that
+/// sync must not wait behind the writer, which waits for the checkpoint.
+/// Every append succeeds and the consumer is folded.
+#[test]
+fn concurrent_writers_fill_past_a_stuck_consumer_without_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = small_cfg(d.path());
+    // Short enough that a deadlock fails the test fast.
+    cfg.full_wait_timeout = Duration::from_secs(5);
+    let rt = rt();
+    let (j, _) = open(&cfg).unwrap();
+    let j = std::sync::Arc::new(j);
+    rt.block_on(async {
+        let _stuck = j.register_consumer("dr", 1).await.unwrap();
+        let mut pressure = j.space_pressure();
+        let checkpointer = tokio::spawn({
+            let j = j.clone();
+            async move {
+                while pressure.changed().await.is_ok() {
+                    if *pressure.borrow_and_update() {
+                        let lsn = j.applied_lsn();
+                        if let Err(e) = j.checkpoint(lsn).await {
+                            return Err(e);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        });
+        let writers: Vec<_> = (0..16u64)
+            .map(|w| {
+                let j = j.clone();
+                tokio::spawn(async move {
+                    // 16 x 40 x 6 KiB: 3.75x the capacity.
+                    for i in 0..40u64 {
+                        let off = ((w * 40 + i) * 8192) % (VOL_BYTES - 8192);
+                        let lsn = j
+                            .append(NewRecord::write(off, payload(6 << 10, i as u8)))
+                            .await?;
+                        j.mark_applied(lsn);
+                    }
+                    Ok::<_, crate::JournalError>(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await
+                .unwrap()
+                .expect("no append fails while a consumer is folded");
+        }
+        assert_eq!(j.written_lsn(), 16 * 40);
+        assert!(j.stats().folds >= 1, "the stuck consumer was folded");
+        assert!(j.stats().disk_bytes <= cfg.capacity_bytes);
+        checkpointer.abort();
+    });
+}
+
 #[test]
 fn consumer_names_and_ranges_are_checked() {
     let d = tempfile::tempdir().unwrap();
