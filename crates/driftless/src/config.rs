@@ -434,7 +434,10 @@ max_inflight = "128MiB"
         assert_eq!(v.checkpoint_interval, std::time::Duration::from_secs(5));
         assert_eq!(v.peers[1].max_inflight, 128 << 20);
         assert_eq!(v.peers[0].max_inflight, 64 << 20);
-        assert_eq!(v.peers[1].max_ship_delay, std::time::Duration::from_millis(10));
+        assert_eq!(
+            v.peers[1].max_ship_delay,
+            std::time::Duration::from_millis(10)
+        );
         assert_eq!(
             v.journal_dir(),
             std::path::PathBuf::from("/tmp/vol0.img.journal")

@@ -215,7 +215,10 @@ fn lag_tracker_sums_unacknowledged_writes_and_stays_bounded() {
 #[derive(Debug, Clone)]
 enum Op {
     Send(u8),
-    Ack { durable_back: u8, journaled_back: u8 },
+    Ack {
+        durable_back: u8,
+        journaled_back: u8,
+    },
     Flush,
     FlushAck,
 }
