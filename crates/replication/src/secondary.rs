@@ -427,19 +427,29 @@ async fn session(
     let writer_task = tokio::spawn(write_loop(inner.store.clone(), writer, out_rx));
     let applier = tokio::spawn(apply_loop(inner.store.clone(), apply_rx, out_tx.clone()));
     let syncer = tokio::spawn(sync_pump(inner.store.clone()));
-    let mut closing = inner.closing.subscribe();
-    let result = tokio::select! {
-        r = read_loop(inner, &mut reader, hello, &apply_tx, &out_tx) => r,
-        _ = stop.notified() => Ok(()),
-        _ = closing.wait_for(|c| *c) => Ok(()),
-    };
+    // Not cancelled from outside: read_loop stops only between messages, so
+    // a batch is never admitted to the journal without reaching the applier.
+    let result = read_loop(inner, &mut reader, hello, &apply_tx, &out_tx, &stop).await;
     // Everything admitted to the journal is applied before the session
     // ends, so the volume never misses a journaled record.
     drop(apply_tx);
     let applied = applier
         .await
         .map_err(|e| format!("applier task: {e}"))
-        .and_then(|r| r);
+        .and_then(|r| r)
+        .and_then(|()| {
+            // The applied watermark must reach everything journaled, or
+            // checkpoints stall at the hole until a restart redoes it.
+            let j = inner.store.journal();
+            let (applied, written) = (j.applied_lsn(), j.written_lsn());
+            if applied < written {
+                return Err(format!(
+                    "internal: session ended with LSNs {}..={written} journaled but not applied",
+                    applied + 1
+                ));
+            }
+            Ok(())
+        });
     syncer.abort();
     let _ = out_tx
         .send(Message::Bye {
@@ -460,11 +470,20 @@ async fn read_loop(
     hello: &Hello,
     apply_tx: &mpsc::Sender<Batch>,
     out_tx: &mpsc::Sender<Message>,
+    stop: &tokio::sync::Notify,
 ) -> Result<(), String> {
     let store = &inner.store;
     let t = inner.cfg.peer_timeout;
+    let mut closing = inner.closing.subscribe();
     loop {
-        let msg = match tokio::time::timeout(t, reader.recv()).await {
+        // Stop requests are taken only here, between messages (recv is
+        // cancel-safe: a partial frame stays in the decoder).
+        let received = tokio::select! {
+            r = tokio::time::timeout(t, reader.recv()) => r,
+            _ = stop.notified() => return Ok(()),
+            _ = closing.wait_for(|c| *c) => return Ok(()),
+        };
+        let msg = match received {
             Err(_) => return Err(format!("peer timeout: nothing received for {t:?}")),
             Ok(Err(TransportError::Closed)) => return Err("connection closed by primary".into()),
             Ok(Err(e)) => return Err(e.to_string()),
@@ -475,19 +494,23 @@ async fn read_loop(
                 let next = pending_next(store);
                 validate_batch(next, first_lsn, &records)?;
                 let mut batch = Vec::with_capacity(records.len());
+                let mut failed = None;
                 for r in records {
-                    let j = store.journal();
-                    if r.generation != j.generation() {
-                        adopt(store, hello, &r).await?;
+                    match admit(store, hello, &r).await {
+                        Ok(h) => batch.push((r, h)),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
                     }
-                    let h = store
-                        .append_replica(r.lsn, r.generation, conn::to_new_record(&r), r.blake3)
-                        .await
-                        .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))?;
-                    batch.push((r, h));
                 }
-                if apply_tx.send(batch).await.is_err() {
+                // What was admitted is in the journal: it must be applied
+                // even if the rest of the batch failed.
+                if !batch.is_empty() && apply_tx.send(batch).await.is_err() {
                     return Err("applier stopped".into());
+                }
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
             Message::Flush { lsn } => {
@@ -528,6 +551,18 @@ async fn read_loop(
 /// Next LSN the journal will accept (includes queued, not yet written).
 fn pending_next(store: &Store) -> Lsn {
     store.journal().next_lsn()
+}
+
+/// Queues one received record in the journal at the primary's LSN (taking
+/// over the primary's generation where the record starts one).
+async fn admit(store: &Store, hello: &Hello, r: &WireRecord) -> Result<AppendHandle, String> {
+    if r.generation != store.journal().generation() {
+        adopt(store, hello, r).await?;
+    }
+    store
+        .append_replica(r.lsn, r.generation, conn::to_new_record(r), r.blake3)
+        .await
+        .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))
 }
 
 /// The primary's record starts a generation of its lineage: take it over.
