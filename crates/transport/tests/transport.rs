@@ -91,7 +91,7 @@ fn sample_messages() -> Vec<Message> {
         Message::Flush { lsn: 1 },
         Message::Ack {
             durable_lsn: 1,
-            applied_lsn: Some(1),
+            journaled_lsn: Some(1),
         },
         Message::ResyncChunk {
             offset: 4096,
