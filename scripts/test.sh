@@ -29,4 +29,7 @@ set -e
 # One closing line for the whole suite (cargo's last line is a doc-test run).
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+if grep -q "^error: could not compile" "$log"; then
+  echo "summary: BUILD FAILED (see 'error: could not compile' above); those tests did not run"
+fi
 exit "$status"
