@@ -143,12 +143,10 @@ fn concurrent_writers_fill_past_a_stuck_consumer_without_errors() {
                 while pressure.changed().await.is_ok() {
                     if *pressure.borrow_and_update() {
                         let lsn = j.applied_lsn();
-                        if let Err(e) = j.checkpoint(lsn).await {
-                            return Err(e);
-                        }
+                        j.checkpoint(lsn).await?;
                     }
                 }
-                Ok(())
+                Ok::<_, crate::JournalError>(())
             }
         });
         let writers: Vec<_> = (0..16u64)
