@@ -28,8 +28,12 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         .thread_name("driftless")
         .build()
         .context("starting the tokio runtime")?;
+    // Peer sessions (shipping, QUIC, acks) get their own workers, half the
+    // cores and at least one, so a client's request never queues behind a
+    // batch being encrypted on the same worker.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let replication = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads((cores / 2).max(1))
         .enable_all()
         .thread_name("driftless-repl")
         .build()
