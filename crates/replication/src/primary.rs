@@ -202,8 +202,11 @@ impl Primary {
                 let dirty = j.consumer_bitmap(&p.cfg.name).map_or(0, |b| b.count());
                 let mut rt = lock(&p.rt);
                 rt.dirty_regions = dirty;
-                if dirty > 0 && !matches!(rt.link, Link::Refused(_)) {
+                if dirty > 0 && !matches!(rt.link, Link::Refused(_) | Link::NeedsResync) {
                     rt.link = Link::NeedsResync;
+                    rt.last_error = Some(format!(
+                        "fell behind past the journal cap while away: {dirty} dirty regions"
+                    ));
                 }
                 let (lag_bytes, lag_seconds) = lag.lag(rt.acked_lsn, written, now);
                 PeerStatus {
