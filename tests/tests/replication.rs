@@ -1188,6 +1188,72 @@ fn async_quic_peer_behind_a_cut_link_never_stalls_writes_and_catches_up() {
 // Invariant 4: an outage longer than the journal costs a bitmap resync, and
 // the peer converges.
 
+/// An async peer slower than the writes (a 50 ms link through the fault
+/// proxy, ~80 MB/s at most) while twice what the journal holds is written
+/// must cost the client nothing: every write succeeds, the journal folds the
+/// peer into its dirty bitmap instead of waiting for it, and status says that
+/// the peer needs a resync. (The journal deadlock this set-up once hit in a
+/// benchmark, EIO after 30 s, needs a finer timing; the journal's
+/// `concurrent_writers_fill_past_a_stuck_consumer_without_errors` covers it.)
+#[test]
+fn async_peer_slower_than_the_writes_never_fails_a_client_write() {
+    let _serial = serial();
+    require_tool("fio");
+    let site = Site::new();
+    let size = "256MiB";
+    let dr = site.start_secondary("dr", size, Via::Quic);
+    let proxy = driftless_tests::cluster::FaultProxy::start(
+        site.dir.path(),
+        "udp",
+        dr.quic.unwrap(),
+        Some("50ms"),
+    )
+    .unwrap();
+    let spec = site
+        .primary_spec(size)
+        .set("journal_size", "\"512MiB\"")
+        .peer("dr", false, Via::Quic, proxy.addr);
+    let mut primary = site.start_primary(spec);
+    wait_connected(&primary, &["dr"], &[&dr]);
+
+    let uri = primary.nbd_uri.clone().unwrap();
+    let started = Instant::now();
+    for pass in 0..4 {
+        let out = run(
+            Command::new("fio").args([
+                &format!("--name=past-cap{pass}"),
+                "--ioengine=nbd",
+                &format!("--uri={uri}"),
+                "--rw=write",
+                "--bs=1m",
+                "--iodepth=8",
+                "--size=256m",
+            ]),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "fio pass {pass} failed with a slow async peer: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            primary.log_tail(30)
+        );
+    }
+    eprintln!("1 GiB written in {:.1} s", started.elapsed().as_secs_f64());
+    let v = primary.volume().unwrap();
+    let p = v.peer("dr").unwrap();
+    eprintln!("{p:#?}");
+    assert_eq!(p.state, "needs-resync", "{p:#?}");
+    assert!(p.dirty_regions > 0, "{p:#?}");
+    assert!(
+        p.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("journal cap")),
+        "{p:#?}"
+    );
+    primary.stop();
+}
+
 #[test]
 #[ignore = "bitmap resync (tier 2) is the next issue: until it lands a peer folded past the journal cap stays needs-resync (reported, never treated as in sync)"]
 fn peer_down_longer_than_the_journal_holds_is_resynced_from_its_bitmap() {
