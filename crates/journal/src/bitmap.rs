@@ -68,6 +68,11 @@ impl DirtyBitmap {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
     }
 
+    /// No region is dirty (stops at the first dirty word).
+    pub fn is_empty(&self) -> bool {
+        self.words.iter().all(|w| *w == 0)
+    }
+
     /// Dirty region indices in increasing order.
     pub fn dirty_regions(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.regions).filter(move |&r| self.is_dirty(r))

@@ -310,6 +310,17 @@ struct ConsumerMeta {
     folds: u64,
     fold_notice: Option<Lsn>,
     bitmap: DirtyBitmap,
+    /// Every record up to here is marked in `bitmap` (in memory; persisted
+    /// before the cursor moves past it). Once a consumer has dirty regions
+    /// it needs a resync and is not read, so the writer marks new records
+    /// as they are written and checkpoints release them without a fold.
+    marked_upto: Lsn,
+}
+
+impl ConsumerMeta {
+    fn tracking(&self) -> bool {
+        !self.bitmap.is_empty()
+    }
 }
 
 struct Meta {
@@ -382,6 +393,9 @@ struct Inner {
     applied: Mutex<Applied>,
     counters: Counters,
     fail_next_sync: AtomicBool,
+    /// Some consumer needs a resync (see `ConsumerMeta::marked_upto`): the
+    /// writer marks what it writes. Saves the metadata lock otherwise.
+    tracking: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -580,6 +594,7 @@ impl Journal {
                 folds: c.folds,
                 fold_notice: None,
                 bitmap: bitmap.clone(),
+                marked_upto: c.acked_lsn,
             };
             if c.acked_lsn + 1 < oldest {
                 // Records it needs are gone (should not happen): unknown history.
@@ -590,6 +605,7 @@ impl Journal {
                 meta.acked_lsn = last_lsn;
                 meta.read_next = last_lsn + 1;
                 meta.fold_notice = Some(last_lsn + 1);
+                meta.marked_upto = last_lsn;
             }
             consumers.insert(c.name.clone(), meta);
         }
@@ -659,6 +675,7 @@ impl Journal {
             pressure_tx: watch::Sender::new(
                 meta.live_bytes(cfg.segment_bytes) >= cfg.pressure_bytes,
             ),
+            tracking: AtomicBool::new(meta.consumers.values().any(|c| c.tracking())),
             meta: Mutex::new(meta),
             cache: Mutex::new(Cache::default()),
             applied: Mutex::new(Applied {
@@ -1033,6 +1050,7 @@ impl Journal {
                         folds: 0,
                         fold_notice: None,
                         bitmap,
+                        marked_upto: from_lsn - 1,
                     },
                 );
                 meta.persist()?;
@@ -1122,7 +1140,10 @@ impl Journal {
             for r in regions {
                 c.bitmap.clear(r);
             }
-            persist_bitmap(&inner.cfg.dir, &name, inner.volume.uuid, &c.bitmap)
+            persist_bitmap(&inner.cfg.dir, &name, inner.volume.uuid, &c.bitmap)?;
+            let tracking = meta.consumers.values().any(|c| c.tracking());
+            inner.tracking.store(tracking, Ordering::SeqCst);
+            Ok(())
         })
         .await
     }
@@ -1216,6 +1237,42 @@ impl Inner {
         }
     }
 
+    /// Marks just-written records in the bitmap of every consumer that needs
+    /// a resync and has everything before them marked.
+    fn mark_for_resync(&self, written: &[Pending]) {
+        let (Some(first), Some(last)) = (written.first(), written.last()) else {
+            return;
+        };
+        let mut meta = lock(&self.meta);
+        for c in meta.consumers.values_mut() {
+            if !c.tracking() || c.marked_upto + 1 < first.lsn || c.marked_upto >= last.lsn {
+                continue;
+            }
+            for p in written.iter().filter(|p| p.lsn > c.marked_upto) {
+                if p.kind != RecordKind::Barrier {
+                    c.bitmap.mark(p.offset, p.length);
+                }
+            }
+            c.marked_upto = last.lsn;
+        }
+    }
+
+    /// Consumers that need a resync hold no journal space for what is already
+    /// marked: their bitmap is made durable, then their cursor moves past it.
+    /// Returns whether a cursor moved (the superblock must be persisted).
+    fn release_marked(&self, meta: &mut Meta) -> Result<bool, JournalError> {
+        let mut moved = false;
+        for (name, c) in meta.consumers.iter_mut() {
+            if c.tracking() && c.acked_lsn < c.marked_upto {
+                persist_bitmap(&self.cfg.dir, name, self.volume.uuid, &c.bitmap)?;
+                c.acked_lsn = c.marked_upto;
+                c.read_next = c.read_next.max(c.marked_upto + 1);
+                moved = true;
+            }
+        }
+        Ok(moved)
+    }
+
     fn set_pressure(&self, meta: &Meta, waiting: bool) {
         let p = waiting || meta.live_bytes(self.cfg.segment_bytes) >= self.cfg.pressure_bytes;
         self.pressure_tx
@@ -1226,6 +1283,7 @@ impl Inner {
     /// first live segment, consumer cursors) is durable before any file is
     /// reused.
     fn reclaim_locked(&self, meta: &mut Meta, always_persist: bool) -> Result<bool, JournalError> {
+        let always_persist = self.release_marked(meta)? || always_persist;
         let keep_from = meta.keep_from();
         let mut n = 0;
         while n + 1 < meta.segments.len() && meta.segments[n + 1].first_lsn <= keep_from {
@@ -1273,14 +1331,16 @@ impl Inner {
     /// makes the bitmap durable, then jumps its cursor to `upto + 1`.
     fn fold_consumer(&self, meta: &mut Meta, name: &str, upto: Lsn) -> Result<(), JournalError> {
         let from = meta.consumers[name].acked_lsn + 1;
+        // Records already marked at append time need no reading back.
+        let scan_from = from.max(meta.consumers[name].marked_upto + 1);
         let segs: Vec<SegInfo> = meta.segments.iter().cloned().collect();
         let mut bitmap = meta.consumers[name].bitmap.clone();
         let mut marked = 0u64;
-        if from <= upto {
-            let mut lsn = from;
+        if scan_from <= upto {
+            let mut lsn = scan_from;
             // Recent records come from the cache, older ones from disk.
             let cache_front = lock(&self.cache).records.front().map(|r| r.header.lsn);
-            if cache_front.is_none_or(|f| f > from) {
+            if cache_front.is_none_or(|f| f > scan_from) {
                 let disk_upto = cache_front.map_or(upto, |f| (f - 1).min(upto));
                 let mut pos = None;
                 while lsn <= disk_upto {
@@ -1306,10 +1366,14 @@ impl Inner {
         persist_bitmap(&self.cfg.dir, name, self.volume.uuid, &bitmap)?;
         let c = meta.consumers.get_mut(name).expect("consumer exists");
         c.bitmap = bitmap;
+        c.marked_upto = c.marked_upto.max(upto);
         c.acked_lsn = c.acked_lsn.max(upto);
         c.read_next = upto + 1;
         c.folds += 1;
         c.fold_notice = Some(upto + 1);
+        if c.tracking() {
+            self.tracking.store(true, Ordering::SeqCst);
+        }
         self.counters.folds.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             consumer = name,
@@ -1753,6 +1817,9 @@ fn writer_main(inner: Arc<Inner>, mut cur: Option<CurrentSeg>) {
                 }
                 lock(&inner.state).written_lsn = last;
                 inner.written_tx.send_replace(last);
+                if inner.tracking.load(Ordering::SeqCst) {
+                    inner.mark_for_resync(&batch[..n_ok]);
+                }
             }
             let mut rest = batch.into_iter();
             for p in rest.by_ref().take(n_ok) {

@@ -177,6 +177,60 @@ fn concurrent_writers_fill_past_a_stuck_consumer_without_errors() {
     });
 }
 
+/// Once a consumer needs a resync it is not read any more: what is written
+/// after is marked in its bitmap as it is written, and checkpoints release
+/// it, so it never fills the journal again (no second fold, no writer
+/// waiting) and its bitmap stays exact across a restart.
+#[test]
+fn consumer_that_needs_a_resync_is_marked_at_append_and_holds_no_space() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = small_cfg(d.path());
+    let rt = rt();
+    let off = |i: u64| (i * 5 * 4096) % (VOL_BYTES - 4096);
+    let mut exact = crate::DirtyBitmap::new(VOL_BYTES, cfg.region_bytes);
+    let total = 600u64;
+    {
+        let (j, _) = open(&cfg).unwrap();
+        rt.block_on(async {
+            let _c = j.register_consumer("dr", 1).await.unwrap();
+            let mut pressure = j.space_pressure();
+            let mut folds_after_first = None;
+            for i in 0..total {
+                let lsn = j
+                    .append(NewRecord::write(off(i), payload(3000, i as u8)))
+                    .await
+                    .unwrap();
+                exact.mark(off(i), 3000);
+                j.mark_applied(lsn);
+                if *pressure.borrow_and_update() {
+                    j.checkpoint(lsn).await.unwrap();
+                }
+                let s = j.stats();
+                assert!(s.disk_bytes <= cfg.capacity_bytes);
+                if s.folds == 1 && folds_after_first.is_none() {
+                    folds_after_first = Some(i);
+                }
+            }
+            let first = folds_after_first.expect("the consumer was folded once");
+            // 600 x 3 KiB is ~3.5x the capacity: without marking at append it
+            // would be folded again on every fill.
+            assert!(first < total / 2, "first fold at write {first}");
+            let s = j.stats();
+            assert_eq!(s.folds, 1, "folded again after it needed a resync");
+            assert_eq!(s.full_waits, 0, "the writer waited for space");
+            j.checkpoint(j.applied_lsn()).await.unwrap();
+            assert_eq!(j.consumer_bitmap("dr").unwrap(), exact);
+        });
+    }
+    // The marks were made durable before the cursor moved past them.
+    let (j, _) = open(&cfg).unwrap();
+    rt.block_on(async {
+        let c = j.register_consumer("dr", 1).await.unwrap();
+        assert_eq!(j.consumer_bitmap("dr").unwrap(), exact);
+        assert!(c.next_lsn().unwrap() > 1);
+    });
+}
+
 #[test]
 fn consumer_names_and_ranges_are_checked() {
     let d = tempfile::tempdir().unwrap();
