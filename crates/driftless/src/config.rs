@@ -283,7 +283,7 @@ fn default_inflight() -> u64 {
 }
 
 fn default_ship_delay() -> Duration {
-    Duration::from_millis(10)
+    Duration::from_millis(100)
 }
 
 impl NodeConfig {
@@ -436,7 +436,7 @@ max_inflight = "128MiB"
         assert_eq!(v.peers[0].max_inflight, 64 << 20);
         assert_eq!(
             v.peers[1].max_ship_delay,
-            std::time::Duration::from_millis(10)
+            std::time::Duration::from_millis(100)
         );
         assert_eq!(
             v.journal_dir(),
