@@ -1188,6 +1188,34 @@ fn async_quic_peer_behind_a_cut_link_never_stalls_writes_and_catches_up() {
 // Invariant 4: an outage longer than the journal costs a bitmap resync, and
 // the peer converges.
 
+/// `passes` sequential 256 MiB fio writes (1 MiB, QD8) through the primary's
+/// export; each must succeed (`when` says what the failure means).
+fn fio_seq_passes(primary: &Node, passes: u32, name: &str, when: &str) {
+    let uri = primary.nbd_uri.clone().unwrap();
+    for pass in 0..passes {
+        let out = run(
+            Command::new("fio").args([
+                &format!("--name={name}{pass}"),
+                "--ioengine=nbd",
+                &format!("--uri={uri}"),
+                "--rw=write",
+                "--bs=1m",
+                "--iodepth=8",
+                "--size=256m",
+                "--verify_state_save=0",
+            ]),
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "fio pass {pass} failed {when}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            primary.log_tail(30)
+        );
+    }
+}
+
 /// An async peer slower than the writes (a 50 ms link through the fault
 /// proxy, ~80 MB/s at most) while twice what the journal holds is written
 /// must cost the client nothing: every write succeeds, the journal folds the
@@ -1216,29 +1244,8 @@ fn async_peer_slower_than_the_writes_never_fails_a_client_write() {
     let mut primary = site.start_primary(spec);
     wait_connected(&primary, &["dr"], &[&dr]);
 
-    let uri = primary.nbd_uri.clone().unwrap();
     let started = Instant::now();
-    for pass in 0..4 {
-        let out = run(
-            Command::new("fio").args([
-                &format!("--name=past-cap{pass}"),
-                "--ioengine=nbd",
-                &format!("--uri={uri}"),
-                "--rw=write",
-                "--bs=1m",
-                "--iodepth=8",
-                "--size=256m",
-            ]),
-            Duration::from_secs(120),
-        )
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "fio pass {pass} failed with a slow async peer: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            primary.log_tail(30)
-        );
-    }
+    fio_seq_passes(&primary, 4, "past-cap", "with a slow async peer");
     eprintln!("1 GiB written in {:.1} s", started.elapsed().as_secs_f64());
     let v = primary.volume().unwrap();
     let p = v.peer("dr").unwrap();
@@ -1279,29 +1286,12 @@ fn peer_down_longer_than_the_journal_holds_is_resynced_from_its_bitmap() {
     dr.stop();
 
     // 2 × 256 MiB written while the peer is down: far past the journal.
-    let uri = primary.nbd_uri.clone().unwrap();
-    for pass in 0..2 {
-        let out = run(
-            Command::new("fio").args([
-                &format!("--name=outage{pass}"),
-                "--ioengine=nbd",
-                &format!("--uri={uri}"),
-                "--rw=write",
-                "--bs=1m",
-                "--iodepth=8",
-                "--size=256m",
-                "--verify_state_save=0",
-            ]),
-            Duration::from_secs(120),
-        )
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "fio pass {pass} failed while the peer was down (a primary must not wait for a lost async peer): {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            primary.log_tail(30)
-        );
-    }
+    fio_seq_passes(
+        &primary,
+        2,
+        "outage",
+        "while the peer was down (a primary must not wait for a lost async peer)",
+    );
     let v = primary.volume().unwrap();
     eprintln!("peer while down: {:#?}", v.peer("dr").unwrap());
 
