@@ -421,31 +421,10 @@ pub struct NodeStatus {
     pub volumes: Vec<VolumeStatus>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct VolumeStatus {
-    pub name: String,
-    pub role: String,
-    pub volume_uuid: String,
-    pub generation: u64,
-    pub written_lsn: u64,
-    pub durable_lsn: u64,
-    pub applied_lsn: u64,
-    pub checkpoint_lsn: u64,
-    pub consistent: bool,
-    pub sync_peer_loss_policy: String,
-    #[serde(default)]
-    pub peers: Vec<PeerStatus>,
-}
-
-/// Per-peer status as the daemon serializes it: the engine's own type, so a
-/// renamed field breaks these tests at compile time, not at parse time.
-pub use replication::PeerStatus;
-
-impl VolumeStatus {
-    pub fn peer(&self, name: &str) -> Option<&PeerStatus> {
-        self.peers.iter().find(|p| p.name == name)
-    }
-}
+/// Status as the daemon serializes it: the engine's own types (the volume's
+/// name, flattened in beside them, is not needed here), so a renamed field
+/// breaks these tests at compile time, not at parse time.
+pub use replication::{PeerStatus, VolumeStatus};
 
 /// Polls `cond` on the primary's first volume every 50 ms until it holds;
 /// on timeout panics with the last status and the log tails of `nodes`.

@@ -187,6 +187,12 @@ pub struct VolumeStatus {
     pub peers: Vec<PeerStatus>,
 }
 
+impl VolumeStatus {
+    pub fn peer(&self, name: &str) -> Option<&PeerStatus> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+}
+
 #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
 pub struct PeerStatus {
     pub name: String,

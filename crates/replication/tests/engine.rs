@@ -173,7 +173,7 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn peer_state(s: &VolumeStatus, name: &str) -> replication::PeerStatus {
-    s.peers.iter().find(|p| p.name == name).unwrap().clone()
+    s.peer(name).unwrap().clone()
 }
 
 async fn quiesce(p: &Primary, secs: &[&Arc<Store>]) {
