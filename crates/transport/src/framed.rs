@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use wire::{encode_frame, Decoder, Limits, Message};
 
 use crate::error::{Result, TransportError};
-use crate::tls::classify_io_error;
+use crate::classify::classify_io_error;
 
 /// iovecs handed to one `write_vectored` call (Linux IOV_MAX is 1024; a frame
 /// rarely has more than a few dozen chunks).

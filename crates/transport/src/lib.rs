@@ -3,6 +3,7 @@
 //! and a framed connection that carries `wire` messages over either.
 
 pub mod cert;
+mod classify;
 mod error;
 mod framed;
 mod quic;
@@ -14,7 +15,8 @@ pub use error::{Result, TransportError};
 pub use framed::FramedConn;
 pub use quic::{connect_quic, QuicEndpoint, QuicSession, QuicTuning, UdpBufferSizes};
 pub use tcp::{connect_tcp, TcpTlsListener, TlsConnection, TlsStream};
-pub use tls::{classify_tls_error, NameNotAllowedError, TlsIdentity, ALPN};
+pub use classify::classify_tls_error;
+pub use tls::{NameNotAllowedError, TlsIdentity, ALPN};
 
 pub use quinn;
 pub use rustls;

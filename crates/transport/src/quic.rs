@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{ConnectionError, IdleTimeout, TransportConfig, VarInt};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::classify::classify_connection_error;
 use crate::error::{io_err, Result, TransportError};
 use crate::tls::{peer_name, TlsIdentity};
 
@@ -292,63 +293,4 @@ pub async fn connect_quic(
     let endpoint = QuicEndpoint::bind(local, identity, tuning)?;
     let session = endpoint.connect(addr, server_name).await?;
     Ok((endpoint, session))
-}
-
-const ALERT_BAD_CERTIFICATE: u8 = 42;
-const ALERT_UNKNOWN_CA: u8 = 48;
-const ALERT_CERTIFICATE_REQUIRED: u8 = 116;
-
-/// QUIC carries TLS failures as CRYPTO_ERROR (0x100 + alert) with the rustls error
-/// text as reason; recover the named cause from those.
-pub(crate) fn classify_connection_error(e: ConnectionError) -> TransportError {
-    let crypto_alert = |code: quinn::TransportErrorCode| {
-        let c = u64::from(code);
-        (0x100..0x200).contains(&c).then_some((c - 0x100) as u8)
-    };
-    match e {
-        ConnectionError::TransportError(ref t) => match crypto_alert(t.code) {
-            // We rejected the peer during the handshake.
-            Some(ALERT_UNKNOWN_CA) => TransportError::UnknownCa {
-                detail: t.reason.clone(),
-            },
-            Some(ALERT_CERTIFICATE_REQUIRED) => TransportError::NoClientCert,
-            Some(_) if t.reason.contains("NameNotAllowedError") => {
-                parse_name_not_allowed(&t.reason)
-            }
-            Some(ALERT_BAD_CERTIFICATE) => TransportError::BadPeerCert {
-                detail: t.reason.clone(),
-            },
-            _ => TransportError::QuicConnection(e),
-        },
-        ConnectionError::ConnectionClosed(ref close) => match crypto_alert(close.error_code) {
-            // The peer rejected us.
-            Some(alert) => TransportError::RejectedByPeer {
-                alert: format!("{:?}", rustls::AlertDescription::from(alert)),
-            },
-            None => TransportError::QuicConnection(e),
-        },
-        other => TransportError::QuicConnection(other),
-    }
-}
-
-/// Best effort: QUIC hands us the verifier's error as text only, the Debug form
-/// `NameNotAllowedError { presented: [..], allowed: [..] }`.
-fn parse_name_not_allowed(reason: &str) -> TransportError {
-    let list = |after: &str| -> Vec<String> {
-        reason
-            .split_once(after)
-            .and_then(|(_, rest)| rest.split_once(']'))
-            .map(|(inside, _)| {
-                inside
-                    .split(',')
-                    .map(|s| s.trim().trim_matches(['"', '[']).to_owned())
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    TransportError::NameNotAllowed {
-        presented: list("presented: ["),
-        allowed: list("allowed: ["),
-    }
 }

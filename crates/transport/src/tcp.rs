@@ -7,7 +7,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::error::{io_err, Result, TransportError};
-use crate::tls::{classify_io_error, peer_name, TlsIdentity};
+use crate::classify::classify_io_error;
+use crate::tls::{peer_name, TlsIdentity};
 
 /// TLS stream over TCP, client or server side.
 pub type TlsStream = tokio_rustls::TlsStream<TcpStream>;
