@@ -8,12 +8,20 @@
 //! The on-disk format is documented byte by byte in `docs/journal.md`.
 
 mod bitmap;
+mod config;
+mod consumer;
 mod error;
 pub mod format;
 mod journal;
+mod lineage;
+mod read;
 pub mod record;
 mod recovery;
 mod segment;
+mod shared;
+mod space;
+mod superblock;
+mod writer;
 
 #[cfg(test)]
 mod tests;
@@ -22,10 +30,11 @@ mod tests;
 pub type Lsn = u64;
 
 pub use bitmap::DirtyBitmap;
+pub use config::{JournalConfig, VolumeIdentity};
+pub use consumer::{Consumer, ReadBatch};
 pub use error::JournalError;
-pub use journal::{
-    initial_generation_id, AppendHandle, Consumer, Journal, JournalConfig, JournalStats, NewRecord,
-    ReadBatch, VolumeIdentity,
-};
+pub use journal::{Journal, JournalStats};
+pub use lineage::initial_generation_id;
 pub use record::{decode_record, DecodedRecord, RecordError, RecordHeader, RecordKind, Salt};
 pub use recovery::{LogRecord, Recovery};
+pub use writer::{AppendHandle, NewRecord};
