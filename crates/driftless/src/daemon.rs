@@ -9,9 +9,10 @@ use anyhow::Context;
 use journal::JournalConfig;
 use nbd_shim::server::{Export, Listener, Server, ServerLimits};
 use replication::{
-    PeerConfig, PeerMode, Primary, PrimaryConfig, Secondary, SecondaryConfig, Store, StoreConfig,
-    SyncPeerLossPolicy, TransportKind,
+    PeerConfig, PeerMode, Primary, PrimaryConfig, Secondary, SecondaryConfig, SyncPeerLossPolicy,
+    TransportKind,
 };
+use store::{Store, StoreConfig};
 use tokio::sync::watch;
 use transport::TlsIdentity;
 use volume::{Volume, VolumeOptions};

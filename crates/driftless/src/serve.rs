@@ -7,7 +7,7 @@ use anyhow::Context;
 use journal::JournalConfig;
 use nbd_shim::server::{Export, Listener, Server, ServerLimits};
 use nbd_shim::BlockTarget;
-use replication::{Store, StoreConfig};
+use store::{Store, StoreConfig};
 use volume::{Volume, VolumeOptions};
 
 use crate::cli::ServeArgs;

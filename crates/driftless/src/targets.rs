@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use nbd_shim::{BlockTarget, Durability, Extent, TargetError, TargetFeatures, ZeroFlags};
-use replication::{Change, EngineError, Primary, Store, StoreError};
+use replication::{EngineError, Primary};
+use store::{Change, Store, StoreError};
 use volume::{Volume, VolumeError};
 
 /// A plain volume as an NBD target: FUA and FLUSH are fdatasync of the volume.

@@ -10,7 +10,7 @@ use transport::{FramedConn, QuicEndpoint, QuicTuning, TlsIdentity, TransportErro
 use wire::{Hello, Limits, LineageEntry, Message, Role, WireRecord};
 
 use crate::config::TransportKind;
-use crate::store::Store;
+use store::Store;
 
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;

@@ -1,45 +1,8 @@
-//! Errors: [`StoreError`] for the local data path, [`EngineError`] for the
-//! replication engine around it (which wraps [`StoreError`]).
-
-use std::path::{Path, PathBuf};
+//! The crate's one error type, [`EngineError`]; it wraps the local data
+//! path's [`StoreError`].
 
 use journal::JournalError;
-use volume::VolumeError;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error(transparent)]
-    Journal(JournalError),
-    #[error(transparent)]
-    Volume(#[from] VolumeError),
-    /// A volume write or fsync failed after the change was journaled.
-    #[error(
-        "volume failed: {0}; I/O is refused until a restart, where recovery redoes the journal \
-         onto the volume"
-    )]
-    Failed(String),
-    #[error("{what} {}: {source}", path.display())]
-    Io {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("volume metadata {} is corrupt: {reason}", path.display())]
-    Metadata { path: PathBuf, reason: String },
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl StoreError {
-    pub(crate) fn io(what: &'static str, path: &Path, source: std::io::Error) -> Self {
-        StoreError::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-}
+use store::StoreError;
 
 /// Errors of the replication engine ([`crate::Primary`], [`crate::Secondary`]).
 #[derive(Debug, thiserror::Error)]

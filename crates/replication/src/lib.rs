@@ -1,7 +1,7 @@
-//! The driftless engine: the journaled local data path of a volume
-//! ([`store`]) and replication around it.
+//! The driftless replication engine around a volume's local data path
+//! (the `store` crate).
 //!
-//! - [`Primary`] serves writes through its [`Store`] and ships every journal
+//! - [`Primary`] serves writes through its `Store` and ships every journal
 //!   record, in LSN order, to each configured peer: sync peers (protocol C:
 //!   a write returns once every sync peer in sync journaled it, a FLUSH/FUA
 //!   once it is durable there) and async peers (the primary never waits).
@@ -17,14 +17,12 @@ mod core;
 mod error;
 mod primary;
 mod secondary;
-pub mod store;
 
 pub use config::{
     PeerConfig, PeerMode, PeerStatus, PrimaryConfig, SecondaryConfig, SyncPeerLossPolicy,
     TransportKind, VolumeStatus,
 };
-pub use error::{EngineError, StoreError};
+pub use error::EngineError;
 pub use journal::Lsn;
 pub use primary::Primary;
 pub use secondary::Secondary;
-pub use store::{Change, RecoveryReport, Store, StoreConfig};

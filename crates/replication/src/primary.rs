@@ -26,7 +26,7 @@ use crate::core::{
     LagTracker, Need, PrimaryVerdict, ShipState, SyncState, Throughput,
 };
 use crate::error::EngineError;
-use crate::store::{Change, Store};
+use store::{Change, Store};
 
 /// Unacknowledged writes tracked for lag; beyond it lag is estimated.
 const MAX_LAG_TRACKED_RECORDS: usize = 1 << 18;

@@ -17,7 +17,7 @@ use crate::conn::{self, Conn, MsgReader, MsgWriter};
 use crate::core::{secondary_verdict, validate_batch};
 use crate::error::EngineError;
 use crate::primary::volume_status;
-use crate::store::Store;
+use store::Store;
 
 /// Received batches queued for the applier; bounds memory to this many
 /// frames (each ≤ the wire frame limit) per session.

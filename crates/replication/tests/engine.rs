@@ -10,9 +10,10 @@ use bytes::Bytes;
 use journal::JournalConfig;
 use rand::{Rng, SeedableRng};
 use replication::{
-    Change, PeerConfig, PeerMode, Primary, PrimaryConfig, Secondary, SecondaryConfig, Store,
-    StoreConfig, SyncPeerLossPolicy, TransportKind, VolumeStatus,
+    PeerConfig, PeerMode, Primary, PrimaryConfig, Secondary, SecondaryConfig, SyncPeerLossPolicy,
+    TransportKind, VolumeStatus,
 };
+use store::{Change, Store, StoreConfig};
 use transport::{create_ca, create_node_cert, CaPaths, TlsIdentity};
 use uuid::Uuid;
 use volume::{Volume, VolumeOptions};

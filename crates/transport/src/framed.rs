@@ -6,8 +6,8 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use wire::{encode_frame, Decoder, Limits, Message};
 
-use crate::error::{Result, TransportError};
 use crate::classify::classify_io_error;
+use crate::error::{Result, TransportError};
 
 /// iovecs handed to one `write_vectored` call (Linux IOV_MAX is 1024; a frame
 /// rarely has more than a few dozen chunks).

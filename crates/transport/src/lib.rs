@@ -11,11 +11,11 @@ mod tcp;
 mod tls;
 
 pub use cert::{create_ca, create_node_cert, validate_node_name, CaPaths, NodeCertPaths};
+pub use classify::classify_tls_error;
 pub use error::{Result, TransportError};
 pub use framed::FramedConn;
 pub use quic::{connect_quic, QuicEndpoint, QuicSession, QuicTuning, UdpBufferSizes};
 pub use tcp::{connect_tcp, TcpTlsListener, TlsConnection, TlsStream};
-pub use classify::classify_tls_error;
 pub use tls::{NameNotAllowedError, TlsIdentity, ALPN};
 
 pub use quinn;

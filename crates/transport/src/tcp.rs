@@ -6,8 +6,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::error::{io_err, Result, TransportError};
 use crate::classify::classify_io_error;
+use crate::error::{io_err, Result, TransportError};
 use crate::tls::{peer_name, TlsIdentity};
 
 /// TLS stream over TCP, client or server side.

@@ -1,26 +1,23 @@
-//! The local data path of a volume: every change is appended to the journal
-//! (the durability point), then written to the volume (its buffered
-//! materialization). FLUSH and FUA wait for the journal's group-committed
-//! fdatasync; a checkpointer fsyncs the volume and lets the journal reclaim.
-//!
-//! Write order: two overlapping changes never run at the same time, so the
-//! volume receives overlapping changes in LSN order — the order a replica
-//! applies them in. Non-overlapping changes run concurrently.
+//! [`Store`]: open with recovery, changes (journal append, ordered volume
+//! apply), flush, checkpoint, and the replica path (append at the
+//! primary's LSN, apply in LSN order).
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use journal::{
-    AppendHandle, Journal, JournalConfig, JournalError, Lsn, NewRecord, RecordKind, VolumeIdentity,
-};
+use journal::{AppendHandle, Journal, JournalConfig, Lsn, NewRecord, RecordKind, VolumeIdentity};
 use tokio::sync::Notify;
 use uuid::Uuid;
 use volume::{Volume, VolumeError};
 
+use crate::change::{apply, Change};
+use crate::checkpointer::checkpointer;
 use crate::error::StoreError;
+use crate::lock;
+use crate::ranges::InflightRanges;
+use crate::volume_id::load_or_create_volume_id;
 
 /// How the store runs beside its journal.
 #[derive(Clone, Debug)]
@@ -47,7 +44,7 @@ pub struct Store {
     /// A volume write or fsync failed: the volume no longer matches the
     /// journal, so every later request fails until a restart redoes it.
     failed: Mutex<Option<String>>,
-    checkpoint_now: Notify,
+    pub(crate) checkpoint_now: Notify,
 }
 
 /// What `Store::open` found and redid.
@@ -273,196 +270,5 @@ impl Store {
     /// Asks the checkpointer to run now.
     pub fn request_checkpoint(&self) {
         self.checkpoint_now.notify_one();
-    }
-}
-
-/// Periodic checkpoints, and early ones under journal space pressure. Holds
-/// only a weak reference so dropping the store stops it.
-async fn checkpointer(store: std::sync::Weak<Store>, interval: Duration) {
-    let Some(mut pressure) = store.upgrade().map(|s| s.journal.space_pressure()) else {
-        return;
-    };
-    // The first checkpoint comes one interval after start (open already
-    // checkpointed whatever recovery redid).
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let notified = {
-            let Some(s) = store.upgrade() else { return };
-            let s2 = s.clone();
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = pressure.changed() => {
-                    if changed.is_err() { return; }
-                    if !*pressure.borrow() { continue; }
-                }
-                _ = async move { s2.checkpoint_now.notified().await } => {}
-            }
-            s
-        };
-        match notified.checkpoint().await {
-            Ok(lsn) => tracing::debug!(lsn, "checkpoint"),
-            Err(StoreError::Failed(_)) => return,
-            Err(err) => {
-                tracing::warn!(error = %err, "checkpoint failed; retrying at the next interval")
-            }
-        }
-    }
-}
-
-/// One change to the volume.
-#[derive(Debug, Clone)]
-pub enum Change {
-    Write {
-        offset: u64,
-        data: Bytes,
-    },
-    Trim {
-        offset: u64,
-        length: u64,
-    },
-    Zeroes {
-        offset: u64,
-        length: u64,
-        may_trim: bool,
-        fast_only: bool,
-    },
-}
-
-impl Change {
-    fn extent(&self) -> (u64, u64) {
-        match self {
-            Change::Write { offset, data } => (*offset, data.len() as u64),
-            Change::Trim { offset, length } | Change::Zeroes { offset, length, .. } => {
-                (*offset, *length)
-            }
-        }
-    }
-
-    fn record(&self) -> NewRecord {
-        match self {
-            Change::Write { offset, data } => NewRecord::write(*offset, data.clone()),
-            Change::Trim { offset, length } => NewRecord::trim(*offset, *length),
-            Change::Zeroes { offset, length, .. } => NewRecord::write_zeroes(*offset, *length),
-        }
-    }
-}
-
-/// Applies one journaled record to the volume (redo and, later, replicas).
-pub async fn apply(
-    volume: &Volume,
-    kind: RecordKind,
-    offset: u64,
-    length: u64,
-    payload: Bytes,
-) -> Result<(), StoreError> {
-    match kind {
-        RecordKind::Write => volume.write(offset, payload).await?,
-        RecordKind::Trim => volume.punch_hole(offset, length).await?,
-        // Zeroes read back the same whether punched or written; trimming is
-        // the cheap, always-available way on files.
-        RecordKind::WriteZeroes => volume.write_zeroes(offset, length, true, false).await?,
-        RecordKind::Barrier => {}
-    }
-    Ok(())
-}
-
-/// Extents of changes between journal append and volume write. A change waits
-/// until no overlapping change is in flight, which makes volume order equal
-/// LSN order for overlapping changes.
-#[derive(Default)]
-struct InflightRanges {
-    ranges: Mutex<Vec<(u64, u64, u64)>>, // (id, start, end)
-    next_id: std::sync::atomic::AtomicU64,
-    released: Notify,
-}
-
-struct RangeGuard<'a> {
-    owner: &'a InflightRanges,
-    id: u64,
-}
-
-impl InflightRanges {
-    async fn acquire(&self, offset: u64, length: u64) -> RangeGuard<'_> {
-        let (start, end) = (offset, offset.saturating_add(length.max(1)));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            {
-                let mut ranges = lock(&self.ranges);
-                if !ranges.iter().any(|&(_, s, e)| s < end && start < e) {
-                    ranges.push((id, start, end));
-                    return RangeGuard { owner: self, id };
-                }
-                // Registered before the lock is released: a release between
-                // here and the await still wakes us.
-                released.as_mut().enable();
-            }
-            released.await;
-        }
-    }
-}
-
-impl Drop for RangeGuard<'_> {
-    fn drop(&mut self) {
-        let mut ranges = lock(&self.owner.ranges);
-        if let Some(i) = ranges.iter().position(|&(id, _, _)| id == self.id) {
-            ranges.swap_remove(i);
-        }
-        drop(ranges);
-        self.owner.released.notify_waiters();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these short critical sections cannot leave the
-    // data half-updated, so poisoning carries no information here.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The volume's identity lives beside its journal; it is made once, when the
-/// journal is created, and written atomically.
-fn load_or_create_volume_id(dir: &Path, expected: Option<Uuid>) -> Result<Uuid, StoreError> {
-    let path: PathBuf = dir.join("volume-id");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let found = Uuid::parse_str(text.trim()).map_err(|e| StoreError::Metadata {
-                path: path.clone(),
-                reason: format!("not a UUID: {e}"),
-            })?;
-            match expected {
-                Some(want) if want != found => Err(StoreError::Metadata {
-                    path: path.clone(),
-                    reason: format!(
-                        "journal belongs to volume {found}, but the configuration says {want}"
-                    ),
-                }),
-                _ => Ok(found),
-            }
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::io("creating journal directory", dir, e))?;
-            let uuid = expected.unwrap_or_else(Uuid::new_v4);
-            let tmp = dir.join("volume-id.tmp");
-            let write = || -> std::io::Result<()> {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                writeln!(f, "{uuid}")?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, &path)?;
-                std::fs::File::open(dir)?.sync_all()
-            };
-            write().map_err(|e| StoreError::io("writing volume id", &path, e))?;
-            Ok(uuid)
-        }
-        Err(err) => Err(StoreError::io("reading volume id", &path, err)),
-    }
-}
-
-impl From<JournalError> for StoreError {
-    fn from(err: JournalError) -> Self {
-        StoreError::Journal(err)
     }
 }
