@@ -424,7 +424,7 @@ pub struct NodeStatus {
 /// Status as the daemon serializes it: the engine's own types (the volume's
 /// name, flattened in beside them, is not needed here), so a renamed field
 /// breaks these tests at compile time, not at parse time.
-pub use replication::{PeerStatus, VolumeStatus};
+pub use replication::{PeerState, PeerStatus, VolumeStatus};
 
 /// Polls `cond` on the primary's first volume every 50 ms until it holds;
 /// on timeout panics with the last status and the log tails of `nodes`.
@@ -480,7 +480,7 @@ pub fn wait_caught_up(
             // with the reason rather than after the whole limit.
             for p in v.peers.iter().filter(|p| peers.contains(&p.name.as_str())) {
                 assert!(
-                    p.state != "needs-resync",
+                    p.state != PeerState::NeedsResync,
                     "peer {} needs a resync while waiting for it to catch up: {p:#?}\n{}",
                     p.name,
                     primary.log_tail(20)
@@ -488,7 +488,7 @@ pub fn wait_caught_up(
             }
             peers.iter().all(|name| {
                 v.peer(name).is_some_and(|p| {
-                    p.state == "connected"
+                    p.state == PeerState::Connected
                         && p.lag_records == 0
                         && p.lag_bytes == 0
                         && p.acked_lsn == v.written_lsn

@@ -142,7 +142,7 @@ pub fn render(status: &NodeStatus) -> String {
             s.durable_lsn,
             s.applied_lsn,
             s.checkpoint_lsn,
-            s.sync_peer_loss_policy
+            s.sync_peer_loss_policy.as_deref().unwrap_or("-")
         );
         if s.peers.is_empty() {
             continue;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use nbd_shim::client::{Client, CMD_FLUSH, CMD_WRITE};
 use rand::{Rng, RngCore};
-use replication::PeerStatus;
+use replication::{PeerState, PeerStatus};
 
 use crate::config::NodeConfig;
 use crate::control::{self, NodeStatus, Request};
@@ -480,7 +480,7 @@ fn all_caught_up(status: &NodeStatus) -> bool {
         return false;
     };
     v.status.peers.iter().all(|p| {
-        p.state == "connected"
+        p.state == PeerState::Connected
             && p.lag_bytes == 0
             && p.lag_records == 0
             && p.acked_lsn >= v.status.written_lsn
@@ -492,7 +492,7 @@ fn all_caught_up(status: &NodeStatus) -> bool {
 struct CutReport {
     peak_lag_bytes: u64,
     peak_lag_records: u64,
-    states: Vec<String>,
+    states: Vec<PeerState>,
     reconnected_after: Option<Duration>,
     /// Lag back under CAUGHT_UP_LAG after the restore.
     caught_up_after: Option<Duration>,
@@ -602,7 +602,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         let status = alpha.status()?;
         if ["metro", "dr"]
             .iter()
-            .all(|n| peer(&status, n).is_ok_and(|p| p.state == "connected"))
+            .all(|n| peer(&status, n).is_ok_and(|p| p.state == PeerState::Connected))
         {
             break;
         }
@@ -760,7 +760,12 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         "DR link: {dropped} datagrams dropped while cut; dr lag peaked at {} / {} records; states {}",
         fmt_bytes(report.peak_lag_bytes),
         report.peak_lag_records,
-        report.states.join(" → "),
+        report
+            .states
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(" → "),
     );
     let after = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()));
     println!(
@@ -858,9 +863,9 @@ fn track_dr(
     report.peak_lag_bytes = report.peak_lag_bytes.max(p.lag_bytes);
     report.peak_lag_records = report.peak_lag_records.max(p.lag_records);
     if (cut || restored_at.is_some()) && report.states.last() != Some(&p.state) {
-        report.states.push(p.state.clone());
+        report.states.push(p.state);
     }
-    if let Some(at) = restored_at.filter(|_| p.state == "connected") {
+    if let Some(at) = restored_at.filter(|_| p.state == PeerState::Connected) {
         let since = now.saturating_sub(at);
         report.reconnected_after.get_or_insert(since);
         if report.caught_up_after.is_none() && p.lag_seconds < CAUGHT_UP_LAG.as_secs_f64() {

@@ -6,6 +6,11 @@
 //! The record codec ([`record`]) and the metadata codecs ([`format`]) are
 //! sans-IO; everything that touches files lives in the other modules.
 //! The on-disk format is documented byte by byte in `docs/journal.md`.
+//!
+//! Lock poisoning: a panic while holding a journal lock may leave the queue
+//! or the segment list half updated, so a poisoned lock is never taken
+//! over: every later lock panics too (the volume must be restarted, and
+//! recovery rebuilds the state from the files).
 
 mod bitmap;
 mod config;

@@ -10,7 +10,8 @@ use transport::{QuicTuning, TlsIdentity};
 use crate::error::EngineError;
 
 /// How the primary waits for a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum PeerMode {
     /// Protocol C: a write is acknowledged once the peer journaled it; FLUSH
     /// and FUA once it is durable there.
@@ -19,7 +20,8 @@ pub enum PeerMode {
     Async,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TransportKind {
     /// TCP + mutual TLS (metro peers).
     Tcp,
@@ -169,61 +171,20 @@ impl SecondaryConfig {
     }
 }
 
-/// What `driftless status` shows for one volume on one node.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
-pub struct VolumeStatus {
-    pub role: String,
-    pub volume_uuid: String,
-    pub generation: u64,
-    pub lineage: Vec<(u64, u64)>,
-    pub written_lsn: u64,
-    pub durable_lsn: u64,
-    pub applied_lsn: u64,
-    pub checkpoint_lsn: u64,
-    /// `false` while the volume is not a prefix of the primary's history
-    /// (during a bitmap resync, not implemented yet).
-    pub consistent: bool,
-    pub sync_peer_loss_policy: String,
-    pub peers: Vec<PeerStatus>,
-}
-
-impl VolumeStatus {
-    pub fn peer(&self, name: &str) -> Option<&PeerStatus> {
-        self.peers.iter().find(|p| p.name == name)
+impl std::fmt::Display for PeerMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PeerMode::Sync => "sync",
+            PeerMode::Async => "async",
+        })
     }
 }
 
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
-pub struct PeerStatus {
-    pub name: String,
-    pub mode: String,
-    pub transport: String,
-    pub address: String,
-    /// connecting | connected | disconnected | refused:<why> | needs-resync | degraded
-    pub state: String,
-    /// Highest LSN the peer journaled (and applied).
-    pub acked_lsn: u64,
-    /// Highest LSN durable on the peer.
-    pub durable_lsn: u64,
-    pub lag_bytes: u64,
-    pub lag_records: u64,
-    /// Age of the oldest write the peer has not acknowledged.
-    pub lag_seconds: f64,
-    pub throughput_bytes_per_sec: f64,
-    pub last_error: Option<String>,
-    pub dirty_regions: u64,
-}
-
-pub(crate) fn mode_name(m: PeerMode) -> &'static str {
-    match m {
-        PeerMode::Sync => "sync",
-        PeerMode::Async => "async",
-    }
-}
-
-pub(crate) fn transport_name(t: TransportKind) -> &'static str {
-    match t {
-        TransportKind::Tcp => "tcp",
-        TransportKind::Quic => "quic",
+impl std::fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransportKind::Tcp => "tcp",
+            TransportKind::Quic => "quic",
+        })
     }
 }

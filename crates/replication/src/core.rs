@@ -12,6 +12,7 @@ use wire::{
 };
 
 use crate::config::SyncPeerLossPolicy;
+use crate::error::BatchError;
 
 // ---------------------------------------------------------------- shipping
 
@@ -339,19 +340,23 @@ pub(crate) fn validate_batch(
     next_lsn: Lsn,
     first_lsn: Lsn,
     records: &[WireRecord],
-) -> Result<(), String> {
+) -> Result<(), BatchError> {
     if records.is_empty() {
         return Ok(());
     }
     if first_lsn != next_lsn {
-        return Err(format!(
-            "records batch starts at LSN {first_lsn}, expected {next_lsn}"
-        ));
+        return Err(BatchError::WrongStart {
+            first: first_lsn,
+            expected: next_lsn,
+        });
     }
     for (i, r) in records.iter().enumerate() {
         let want = next_lsn + i as u64;
         if r.lsn != want {
-            return Err(format!("record LSN {} in a batch, expected {want}", r.lsn));
+            return Err(BatchError::NotConsecutive {
+                lsn: r.lsn,
+                expected: want,
+            });
         }
         let digest = if r.payload.is_empty() {
             [0u8; 32]
@@ -359,10 +364,7 @@ pub(crate) fn validate_batch(
             *blake3::hash(&r.payload).as_bytes()
         };
         if digest != r.blake3 {
-            return Err(format!(
-                "record LSN {}: payload BLAKE3 mismatch (corrupted in transit or at the source)",
-                r.lsn
-            ));
+            return Err(BatchError::Digest { lsn: r.lsn });
         }
     }
     Ok(())
@@ -472,9 +474,15 @@ impl Throughput {
         }
     }
 
-    pub fn rate(&mut self, now: Instant) -> f64 {
-        self.expire(now);
-        let total: u64 = self.samples.iter().map(|(_, b)| *b).sum();
+    /// Bytes per second over the window ending at `now` (read only: old
+    /// samples are dropped by `record`).
+    pub fn rate(&self, now: Instant) -> f64 {
+        let total: u64 = self
+            .samples
+            .iter()
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= self.window)
+            .map(|(_, b)| *b)
+            .sum();
         total as f64 / self.window.as_secs_f64()
     }
 }

@@ -1,8 +1,12 @@
-//! The crate's one error type, [`EngineError`]; it wraps the local data
-//! path's [`StoreError`].
+//! The crate's one public error type, [`EngineError`] (it wraps the local
+//! data path's [`StoreError`]), and the internal reason a session ended,
+//! [`SessionError`], which reaches operators through status and the log.
 
-use journal::JournalError;
+use std::time::Duration;
+
+use journal::{JournalError, Lsn};
 use store::StoreError;
+use transport::TransportError;
 
 /// Errors of the replication engine ([`crate::Primary`], [`crate::Secondary`]).
 #[derive(Debug, thiserror::Error)]
@@ -28,4 +32,63 @@ impl From<JournalError> for EngineError {
     fn from(err: JournalError) -> Self {
         EngineError::Store(StoreError::Journal(err))
     }
+}
+
+/// Why a secondary's session with its primary ended (shown in status and
+/// logged). Every variant ends the session; the primary reconnects.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("peer timeout: nothing received for {0:?}")]
+    Timeout(Duration),
+    #[error("connection closed by primary")]
+    Closed,
+    #[error(transparent)]
+    Transport(TransportError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("protocol: {0}")]
+    Batch(#[from] BatchError),
+    #[error(
+        "record LSN {lsn} has generation {generation} that does not start there in the \
+         primary's lineage"
+    )]
+    UnknownGeneration { lsn: Lsn, generation: u64 },
+    #[error("adopting generation {generation}: {source}")]
+    AdoptGeneration {
+        generation: u64,
+        #[source]
+        source: JournalError,
+    },
+    #[error("journaling LSN {lsn}: {source}")]
+    Journal {
+        lsn: Lsn,
+        #[source]
+        source: StoreError,
+    },
+    #[error("applying LSN {lsn}: {source}")]
+    Apply {
+        lsn: Lsn,
+        #[source]
+        source: StoreError,
+    },
+    /// The applier ended before taking a batch (it failed first).
+    #[error("applier stopped")]
+    ApplierStopped,
+    #[error("internal: applier task: {0}")]
+    ApplierTask(String),
+    /// A bug: the applied watermark would stall checkpoints at the hole.
+    #[error("internal: session ended with LSNs {from}..={to} journaled but not applied")]
+    Unapplied { from: Lsn, to: Lsn },
+}
+
+/// What is wrong with a received `Records` batch (nothing of it is
+/// journaled).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BatchError {
+    #[error("records batch starts at LSN {first}, expected {expected}")]
+    WrongStart { first: Lsn, expected: Lsn },
+    #[error("record LSN {lsn} in a batch, expected {expected}")]
+    NotConsecutive { lsn: Lsn, expected: Lsn },
+    #[error("record LSN {lsn}: payload BLAKE3 mismatch (corrupted in transit or at the source)")]
+    Digest { lsn: Lsn },
 }

@@ -10,6 +10,11 @@
 //!
 //! The decisions (shipping window, sync gate, handshake verdicts, batch
 //! validation, lag) are sans-IO code in `core`, tested without sockets.
+//!
+//! Lock poisoning: the engine's locks guard per-peer bookkeeping (positions,
+//! states, lag) updated in short sections that cannot leave it half written,
+//! so a poisoned lock is taken over (see [`lock`]); the panic that poisoned
+//! it has already ended its task, and that task's session with it.
 
 mod config;
 mod conn;
@@ -17,12 +22,17 @@ mod core;
 mod error;
 mod primary;
 mod secondary;
+mod status;
 
 pub use config::{
-    PeerConfig, PeerMode, PeerStatus, PrimaryConfig, SecondaryConfig, SyncPeerLossPolicy,
-    TransportKind, VolumeStatus,
+    PeerConfig, PeerMode, PrimaryConfig, SecondaryConfig, SyncPeerLossPolicy, TransportKind,
 };
 pub use error::EngineError;
 pub use journal::Lsn;
 pub use primary::Primary;
 pub use secondary::Secondary;
+pub use status::{PeerState, PeerStatus, UpstreamStatus, VolumeRole, VolumeStatus};
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -17,15 +17,15 @@ use tokio::task::JoinHandle;
 use transport::TransportError;
 use wire::{ByeCode, Hello, Message, Role};
 
-use crate::config::{
-    mode_name, transport_name, PeerConfig, PeerMode, PeerStatus, PrimaryConfig, VolumeStatus,
-};
+use crate::config::{PeerConfig, PeerMode, PrimaryConfig};
 use crate::conn::{self, is_auth_error, wire_bytes, MsgReader, MsgWriter};
 use crate::core::{
     decide, on_sync_ack, on_sync_connect, on_sync_disconnect, primary_verdict, Decision,
     LagTracker, Need, PrimaryVerdict, ShipState, SyncState, Throughput,
 };
 use crate::error::EngineError;
+use crate::lock;
+use crate::status::{volume_status, PeerState, PeerStatus, VolumeRole, VolumeStatus};
 use store::{Change, Store};
 
 /// Unacknowledged writes tracked for lag; beyond it lag is estimated.
@@ -39,7 +39,7 @@ enum Link {
     Connecting,
     Connected,
     Disconnected,
-    Refused(String),
+    Refused,
     NeedsResync,
 }
 
@@ -50,7 +50,6 @@ struct PeerRuntime {
     durable_lsn: Lsn,
     flush_requested: Lsn,
     last_error: Option<String>,
-    dirty_regions: u64,
     throughput: Throughput,
     /// This process streamed to the peer (its LSN may then exceed our log's
     /// end at start-up legitimately).
@@ -85,10 +84,6 @@ pub struct Primary {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Primary {
     /// Registers a journal consumer per peer (retention starts now) and
     /// starts one session task per peer.
@@ -105,7 +100,6 @@ impl Primary {
                 .await?;
             consumer.set_read_written(p.mode == PeerMode::Sync);
             consumer.set_sync_delay(p.max_ship_delay);
-            let dirty = journal.consumer_bitmap(&p.name)?.count();
             consumers.push(consumer);
             peers.push(Arc::new(Peer {
                 cfg: p.clone(),
@@ -117,7 +111,6 @@ impl Primary {
                     durable_lsn: 0,
                     flush_requested: 0,
                     last_error: None,
-                    dirty_regions: dirty,
                     throughput: Throughput::new(THROUGHPUT_WINDOW),
                     streamed: false,
                 }),
@@ -188,6 +181,9 @@ impl Primary {
         remote
     }
 
+    /// Each peer's state, position and lag. Reads only: a fold that made a
+    /// peer need a resync while it was away shows here at once, but is
+    /// recorded by the peer's session when it next runs.
     pub fn status(&self) -> VolumeStatus {
         let inner = &self.inner;
         let j = inner.store.journal();
@@ -200,39 +196,31 @@ impl Primary {
             .map(|p| {
                 // Live: a fold can happen while the peer is away.
                 let dirty = j.consumer_bitmap(&p.cfg.name).map_or(0, |b| b.count());
-                let mut rt = lock(&p.rt);
-                rt.dirty_regions = dirty;
-                if dirty > 0 && !matches!(rt.link, Link::Refused(_) | Link::NeedsResync) {
-                    rt.link = Link::NeedsResync;
-                    rt.last_error = Some(format!(
-                        "fell behind past the journal cap while away: {dirty} dirty regions"
-                    ));
-                }
+                let rt = lock(&p.rt);
+                let (state, last_error) = peer_state(p.cfg.mode, &rt, dirty);
                 let (lag_bytes, lag_seconds) = lag.lag(rt.acked_lsn, written, now);
                 PeerStatus {
                     name: p.cfg.name.clone(),
-                    mode: mode_name(p.cfg.mode).into(),
-                    transport: transport_name(p.cfg.transport).into(),
+                    mode: p.cfg.mode,
+                    transport: p.cfg.transport,
                     address: p.cfg.address.to_string(),
-                    state: state_name(p.cfg.mode, &rt),
+                    state,
                     acked_lsn: rt.acked_lsn,
                     durable_lsn: rt.durable_lsn,
                     lag_bytes,
                     lag_records: written.saturating_sub(rt.acked_lsn),
                     lag_seconds,
                     throughput_bytes_per_sec: rt.throughput.rate(now),
-                    last_error: rt.last_error.clone(),
-                    dirty_regions: rt.dirty_regions,
+                    last_error,
+                    dirty_regions: dirty,
                 }
             })
             .collect();
         drop(lag);
-        volume_status(
-            &inner.store,
-            "primary",
-            inner.cfg.on_sync_peer_loss.to_string(),
-            peers,
-        )
+        let mut st = volume_status(&inner.store, VolumeRole::Primary);
+        st.sync_peer_loss_policy = Some(inner.cfg.on_sync_peer_loss.to_string());
+        st.peers = peers;
+        st
     }
 
     /// Stops accepting writes, lets sessions ship what they can for
@@ -264,37 +252,26 @@ impl Drop for Primary {
     }
 }
 
-pub(crate) fn volume_status(
-    store: &Store,
-    role: &str,
-    policy: String,
-    peers: Vec<PeerStatus>,
-) -> VolumeStatus {
-    let j = store.journal();
-    VolumeStatus {
-        role: role.into(),
-        volume_uuid: store.volume_uuid().to_string(),
-        generation: j.generation(),
-        lineage: j.lineage(),
-        written_lsn: j.written_lsn(),
-        durable_lsn: j.durable_lsn(),
-        applied_lsn: j.applied_lsn(),
-        checkpoint_lsn: j.checkpoint_lsn(),
-        consistent: true,
-        sync_peer_loss_policy: policy,
-        peers,
-    }
-}
-
-fn state_name(mode: PeerMode, rt: &PeerRuntime) -> String {
-    match &rt.link {
-        Link::Refused(why) => format!("refused:{why}"),
-        Link::NeedsResync => "needs-resync".into(),
-        _ if mode == PeerMode::Sync && rt.sync == SyncState::Degraded => "degraded".into(),
-        Link::Connecting => "connecting".into(),
-        Link::Connected => "connected".into(),
-        Link::Disconnected => "disconnected".into(),
-    }
+/// The state status shows for a peer and the error that goes with it:
+/// dirty regions mean it needs a resync, even before its session noticed.
+fn peer_state(mode: PeerMode, rt: &PeerRuntime, dirty: u64) -> (PeerState, Option<String>) {
+    let state = match &rt.link {
+        Link::Refused => PeerState::Refused,
+        Link::NeedsResync => PeerState::NeedsResync,
+        _ if dirty > 0 => {
+            return (
+                PeerState::NeedsResync,
+                Some(format!(
+                    "fell behind past the journal cap while away: {dirty} dirty regions"
+                )),
+            )
+        }
+        _ if mode == PeerMode::Sync && rt.sync == SyncState::Degraded => PeerState::Degraded,
+        Link::Connecting => PeerState::Connecting,
+        Link::Connected => PeerState::Connected,
+        Link::Disconnected => PeerState::Disconnected,
+    };
+    (state, rt.last_error.clone())
 }
 
 impl Inner {
@@ -401,7 +378,7 @@ async fn peer_main(inner: Arc<Inner>, idx: usize, mut consumer: Consumer) {
         }
         {
             let mut rt = lock(&peer.rt);
-            if !matches!(rt.link, Link::Refused(_) | Link::NeedsResync) {
+            if !matches!(rt.link, Link::Refused | Link::NeedsResync) {
                 rt.link = Link::Connecting;
             }
         }
@@ -425,7 +402,7 @@ async fn peer_main(inner: Arc<Inner>, idx: usize, mut consumer: Consumer) {
                 }
                 SessionEnd::Refused(why) => {
                     tracing::error!(peer = %peer.cfg.name, reason = %why, "peer refused");
-                    rt.link = Link::Refused(why.clone());
+                    rt.link = Link::Refused;
                     rt.last_error = Some(why.clone());
                 }
                 SessionEnd::NeedsResync(why) => {
@@ -534,7 +511,7 @@ async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consum
             return SessionEnd::Refused(why);
         }
         PrimaryVerdict::NeedsResync(why) => {
-            bye(&mut c.writer, ByeCode::Other(RESYNC_BYE), &why).await;
+            bye(&mut c.writer, ByeCode::NeedsResync, &why).await;
             c.guard.linger(Duration::from_millis(500)).await;
             return SessionEnd::NeedsResync(why);
         }
@@ -544,16 +521,15 @@ async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consum
         Ok(b) => b.count(),
         Err(e) => return SessionEnd::Failed(format!("consumer bitmap: {e}")),
     };
-    lock(&peer.rt).dirty_regions = dirty;
     if dirty > 0 {
         let why = format!("{dirty} dirty regions from falling behind past the journal cap");
-        bye(&mut c.writer, ByeCode::Other(RESYNC_BYE), &why).await;
+        bye(&mut c.writer, ByeCode::NeedsResync, &why).await;
         c.guard.linger(Duration::from_millis(500)).await;
         return SessionEnd::NeedsResync(why);
     }
     if let Err(e) = consumer.seek(from_lsn) {
         let why = format!("journal no longer holds LSN {from_lsn}: {e}");
-        bye(&mut c.writer, ByeCode::Other(RESYNC_BYE), &why).await;
+        bye(&mut c.writer, ByeCode::NeedsResync, &why).await;
         c.guard.linger(Duration::from_millis(500)).await;
         return SessionEnd::NeedsResync(why);
     }
@@ -576,7 +552,7 @@ async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consum
     inner.changed.notify_waiters();
     tracing::info!(
         peer = %cfg.name,
-        transport = transport_name(cfg.transport),
+        transport = %cfg.transport,
         from_lsn,
         "peer connected; streaming"
     );
@@ -598,9 +574,6 @@ async fn run_session(inner: &Arc<Inner>, peer: &Arc<Peer>, consumer: &mut Consum
     drop(guard);
     end
 }
-
-/// Bye code telling a secondary it must be resynced before streaming.
-const RESYNC_BYE: u16 = 100;
 
 async fn bye(w: &mut MsgWriter, code: ByeCode, text: &str) {
     let _ = w
@@ -672,11 +645,10 @@ async fn sender(
                     Ok(ReadBatch::Records(recs)) => recs,
                     Ok(ReadBatch::Folded { bitmap, resume_lsn }) => {
                         let n = bitmap.count();
-                        lock(&peer.rt).dirty_regions = n;
                         let why = format!(
                             "fell behind past the journal cap: {n} dirty regions, stream would resume at LSN {resume_lsn}"
                         );
-                        bye(&mut w, ByeCode::Other(RESYNC_BYE), &why).await;
+                        bye(&mut w, ByeCode::NeedsResync, &why).await;
                         return SessionEnd::NeedsResync(why);
                     }
                     Err(e) => return SessionEnd::Failed(format!("reading the journal: {e}")),

@@ -12,11 +12,12 @@ use tokio::task::JoinHandle;
 use transport::{QuicEndpoint, TcpTlsListener, TransportError};
 use wire::{ByeCode, Hello, Message, RefuseCode, Role, WireRecord};
 
-use crate::config::{PeerStatus, SecondaryConfig, VolumeStatus};
+use crate::config::{SecondaryConfig, TransportKind};
 use crate::conn::{self, Conn, MsgReader, MsgWriter};
 use crate::core::{secondary_verdict, validate_batch};
-use crate::error::EngineError;
-use crate::primary::volume_status;
+use crate::error::{EngineError, SessionError};
+use crate::lock;
+use crate::status::{volume_status, UpstreamStatus, VolumeRole, VolumeStatus};
 use store::Store;
 
 /// Received batches queued for the applier; bounds memory to this many
@@ -35,14 +36,20 @@ struct Active {
 }
 
 /// (node id, transport, address) of a primary.
-type SeenPrimary = (String, &'static str, SocketAddr);
+/// What status shows of the primary side: the last primary seen, whether
+/// its session runs, and the last refused or failed connection.
+#[derive(Default)]
+struct Seen {
+    upstream: Option<UpstreamStatus>,
+    last_error: Option<String>,
+}
 
 struct Inner {
     store: Arc<Store>,
     cfg: SecondaryConfig,
     active: tokio::sync::Mutex<Option<Active>>,
     /// Shown in status: the last primary seen and the last error.
-    last: Mutex<(Option<SeenPrimary>, Option<String>)>,
+    seen: Mutex<Seen>,
     closing: watch::Sender<bool>,
 }
 
@@ -52,10 +59,6 @@ pub struct Secondary {
     quic_addr: Option<SocketAddr>,
     quic: Option<QuicEndpoint>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Secondary {
@@ -87,7 +90,7 @@ impl Secondary {
             store,
             cfg,
             active: tokio::sync::Mutex::new(None),
-            last: Mutex::new((None, None)),
+            seen: Mutex::new(Seen::default()),
             closing: watch::Sender::new(false),
         });
         let mut tasks = Vec::new();
@@ -117,57 +120,10 @@ impl Secondary {
     }
 
     pub fn status(&self) -> VolumeStatus {
-        let j = self.inner.store.journal();
-        let (last, err) = lock(&self.inner.last).clone();
-        let connected = self
-            .inner
-            .active
-            .try_lock()
-            .map(|a| a.is_some())
-            .unwrap_or(true);
-        let peers = last
-            .map(|(name, transport, addr)| PeerStatus {
-                name,
-                mode: "primary".into(),
-                transport: transport.into(),
-                address: addr.to_string(),
-                state: if connected {
-                    "connected"
-                } else {
-                    "disconnected"
-                }
-                .into(),
-                acked_lsn: j.written_lsn(),
-                durable_lsn: j.durable_lsn(),
-                lag_bytes: 0,
-                lag_records: 0,
-                lag_seconds: 0.0,
-                throughput_bytes_per_sec: 0.0,
-                last_error: err.clone(),
-                dirty_regions: 0,
-            })
-            .into_iter()
-            .collect();
-        let mut st = volume_status(&self.inner.store, "secondary", "n/a".into(), peers);
-        if st.peers.is_empty() {
-            if let Some(e) = err {
-                st.peers.push(PeerStatus {
-                    name: "(incoming)".into(),
-                    mode: "primary".into(),
-                    transport: "-".into(),
-                    address: "-".into(),
-                    state: "disconnected".into(),
-                    acked_lsn: 0,
-                    durable_lsn: 0,
-                    lag_bytes: 0,
-                    lag_records: 0,
-                    lag_seconds: 0.0,
-                    throughput_bytes_per_sec: 0.0,
-                    last_error: Some(e),
-                    dirty_regions: 0,
-                });
-            }
-        }
+        let seen = lock(&self.inner.seen);
+        let mut st = volume_status(&self.inner.store, VolumeRole::Secondary);
+        st.upstream = seen.upstream.clone();
+        st.last_error = seen.last_error.clone();
         st
     }
 
@@ -235,7 +191,7 @@ impl Drop for Secondary {
 
 fn note_error(inner: &Inner, e: String) {
     tracing::warn!(error = %e, "replication connection refused or failed");
-    lock(&inner.last).1 = Some(e);
+    lock(&inner.seen).last_error = Some(e);
 }
 
 async fn accept_tcp(inner: Arc<Inner>, l: TcpTlsListener) {
@@ -251,7 +207,7 @@ async fn accept_tcp(inner: Arc<Inner>, l: TcpTlsListener) {
             Err(_) => continue,
             Ok(Err(e)) => note_error(&inner, format!("incoming TCP connection: {e}")),
             Ok(Ok(c)) => {
-                tokio::spawn(serve(inner.clone(), conn::from_tls(c), "tcp"));
+                tokio::spawn(serve(inner.clone(), conn::from_tls(c), TransportKind::Tcp));
             }
         }
     }
@@ -284,7 +240,11 @@ async fn accept_quic(inner: Arc<Inner>, q: QuicEndpoint) {
             Ok(Err(TransportError::EndpointClosed)) => return,
             Ok(Err(e)) => note_error(&inner, format!("incoming QUIC connection: {e}")),
             Ok(Ok(s)) => {
-                tokio::spawn(serve(inner.clone(), conn::from_quic(s, None), "quic"));
+                tokio::spawn(serve(
+                    inner.clone(),
+                    conn::from_quic(s, None),
+                    TransportKind::Quic,
+                ));
             }
         }
     }
@@ -313,7 +273,7 @@ async fn refuse(c: &mut Conn, code: RefuseCode, text: &str) {
 }
 
 /// One incoming connection: handshake, then the session.
-async fn serve(inner: Arc<Inner>, mut c: Conn, transport: &'static str) {
+async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
     let t = inner.cfg.peer_timeout;
     let from = format!("{} ({}, {transport})", c.peer_name, c.peer_addr);
     let hello = match tokio::time::timeout(t, c.reader.recv()).await {
@@ -385,8 +345,16 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: &'static str) {
         finished: fin_rx,
     });
     drop(active);
-    *lock(&inner.last) = (Some((hello.node_id.clone(), transport, c.peer_addr)), None);
-    tracing::info!(primary = %hello.node_id, transport, next_lsn = local.durable_lsn + 1, "primary session started");
+    *lock(&inner.seen) = Seen {
+        upstream: Some(UpstreamStatus {
+            name: hello.node_id.clone(),
+            transport,
+            address: c.peer_addr.to_string(),
+            connected: true,
+        }),
+        last_error: None,
+    };
+    tracing::info!(primary = %hello.node_id, %transport, next_lsn = local.durable_lsn + 1, "primary session started");
     let result = session(&inner, c, &hello, stop).await;
     match &result {
         Ok(()) => tracing::info!(primary = %hello.node_id, "primary session ended"),
@@ -398,6 +366,9 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: &'static str) {
         .is_some_and(|a| a.finished.same_channel(&fin_tx.subscribe()))
     {
         *active = None;
+        if let Some(u) = lock(&inner.seen).upstream.as_mut() {
+            u.connected = false;
+        }
     }
     let _ = fin_tx.send(true);
 }
@@ -415,7 +386,7 @@ async fn session(
     c: Conn,
     hello: &Hello,
     stop: Arc<tokio::sync::Notify>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let Conn {
         mut reader,
         writer,
@@ -435,7 +406,7 @@ async fn session(
     drop(apply_tx);
     let applied = applier
         .await
-        .map_err(|e| format!("applier task: {e}"))
+        .map_err(|e| SessionError::ApplierTask(e.to_string()))
         .and_then(|r| r)
         .and_then(|()| {
             // The applied watermark must reach everything journaled, or
@@ -443,10 +414,10 @@ async fn session(
             let j = inner.store.journal();
             let (applied, written) = (j.applied_lsn(), j.written_lsn());
             if applied < written {
-                return Err(format!(
-                    "internal: session ended with LSNs {}..={written} journaled but not applied",
-                    applied + 1
-                ));
+                return Err(SessionError::Unapplied {
+                    from: applied + 1,
+                    to: written,
+                });
             }
             Ok(())
         });
@@ -471,7 +442,7 @@ async fn read_loop(
     apply_tx: &mpsc::Sender<Batch>,
     out_tx: &mpsc::Sender<Message>,
     stop: &tokio::sync::Notify,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let store = &inner.store;
     let t = inner.cfg.peer_timeout;
     let mut closing = inner.closing.subscribe();
@@ -484,9 +455,9 @@ async fn read_loop(
             _ = closing.wait_for(|c| *c) => return Ok(()),
         };
         let msg = match received {
-            Err(_) => return Err(format!("peer timeout: nothing received for {t:?}")),
-            Ok(Err(TransportError::Closed)) => return Err("connection closed by primary".into()),
-            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(SessionError::Timeout(t)),
+            Ok(Err(TransportError::Closed)) => return Err(SessionError::Closed),
+            Ok(Err(e)) => return Err(SessionError::Transport(e)),
             Ok(Ok(m)) => m,
         };
         match msg {
@@ -507,7 +478,7 @@ async fn read_loop(
                 // What was admitted is in the journal: it must be applied
                 // even if the rest of the batch failed.
                 if !batch.is_empty() && apply_tx.send(batch).await.is_err() {
-                    return Err("applier stopped".into());
+                    return Err(SessionError::ApplierStopped);
                 }
                 if let Some(e) = failed {
                     return Err(e);
@@ -515,9 +486,9 @@ async fn read_loop(
             }
             Message::Flush { lsn } => {
                 if lsn > pending_next(store).saturating_sub(1) {
-                    return Err(format!(
-                        "protocol: Flush of LSN {lsn} beyond the records received"
-                    ));
+                    return Err(SessionError::Protocol(format!(
+                        "Flush of LSN {lsn} beyond the records received"
+                    )));
                 }
                 let store = store.clone();
                 let out = out_tx.clone();
@@ -539,10 +510,10 @@ async fn read_loop(
                 return Ok(());
             }
             other => {
-                return Err(format!(
-                    "protocol: unexpected {:?} from a primary",
+                return Err(SessionError::Protocol(format!(
+                    "unexpected {:?} from a primary",
                     other.message_type()
-                ))
+                )))
             }
         }
     }
@@ -555,33 +526,36 @@ fn pending_next(store: &Store) -> Lsn {
 
 /// Queues one received record in the journal at the primary's LSN (taking
 /// over the primary's generation where the record starts one).
-async fn admit(store: &Store, hello: &Hello, r: &WireRecord) -> Result<AppendHandle, String> {
+async fn admit(store: &Store, hello: &Hello, r: &WireRecord) -> Result<AppendHandle, SessionError> {
     if r.generation != store.journal().generation() {
         adopt(store, hello, r).await?;
     }
     store
         .append_replica(r.lsn, r.generation, conn::to_new_record(r), r.blake3)
         .await
-        .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))
+        .map_err(|source| SessionError::Journal { lsn: r.lsn, source })
 }
 
 /// The primary's record starts a generation of its lineage: take it over.
-async fn adopt(store: &Store, hello: &Hello, r: &WireRecord) -> Result<(), String> {
+async fn adopt(store: &Store, hello: &Hello, r: &WireRecord) -> Result<(), SessionError> {
     let known = hello
         .lineage
         .iter()
         .any(|g| g.generation_id == r.generation && g.start_lsn == r.lsn);
     if !known {
-        return Err(format!(
-            "record LSN {} has generation {} that does not start there in the primary's lineage",
-            r.lsn, r.generation
-        ));
+        return Err(SessionError::UnknownGeneration {
+            lsn: r.lsn,
+            generation: r.generation,
+        });
     }
     store
         .journal()
         .adopt_generation(r.generation, r.lsn)
         .await
-        .map_err(|e| format!("adopting generation {}: {e}", r.generation))
+        .map_err(|source| SessionError::AdoptGeneration {
+            generation: r.generation,
+            source,
+        })
 }
 
 /// Per batch: waits until it is written to the journal, acknowledges it as
@@ -590,13 +564,14 @@ async fn apply_loop(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<Batch>,
     out: mpsc::Sender<Message>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     while let Some(batch) = rx.recv().await {
         let mut records = Vec::with_capacity(batch.len());
         for (r, h) in batch {
-            h.written()
-                .await
-                .map_err(|e| format!("journaling LSN {}: {e}", r.lsn))?;
+            h.written().await.map_err(|e| SessionError::Journal {
+                lsn: r.lsn,
+                source: e.into(),
+            })?;
             records.push(r);
         }
         let j = store.journal();
@@ -616,7 +591,7 @@ async fn apply_loop(
                     r.payload,
                 )
                 .await
-                .map_err(|e| format!("applying LSN {}: {e}", r.lsn))?;
+                .map_err(|source| SessionError::Apply { lsn: r.lsn, source })?;
         }
     }
     Ok(())

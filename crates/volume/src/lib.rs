@@ -29,6 +29,11 @@
 //! [`VolumeError::FastZeroUnavailable`] when the caller asked for fast only).
 //! A punched range always reads back as zeroes, on files and block devices
 //! alike, because replicas must stay byte-identical.
+//!
+//! Lock poisoning: the engines' locks guard queues of submitted operations
+//! (push and pop only), which a panic cannot leave half updated, so a
+//! poisoned lock is taken over; the operation that panicked completes with
+//! an error to its caller (its oneshot is dropped).
 
 use std::fmt;
 use std::fs::{File, OpenOptions};

@@ -139,6 +139,9 @@ pub enum ByeCode {
     Demoted,
     Promoted,
     ProtocolError,
+    /// The primary will not stream to this secondary until it is resynced
+    /// (its history cannot continue from the journal).
+    NeedsResync,
     Other(u16),
 }
 
@@ -149,6 +152,7 @@ impl ByeCode {
             Self::Demoted => 2,
             Self::Promoted => 3,
             Self::ProtocolError => 4,
+            Self::NeedsResync => 100,
             Self::Other(v) => v,
         }
     }
@@ -158,6 +162,7 @@ impl ByeCode {
             2 => Self::Demoted,
             3 => Self::Promoted,
             4 => Self::ProtocolError,
+            100 => Self::NeedsResync,
             other => Self::Other(other),
         }
     }

@@ -7,6 +7,7 @@ use wire::{Hello, LineageEntry, RecordKind, RefuseCode, Role, WireRecord};
 
 use super::*;
 use crate::config::SyncPeerLossPolicy;
+use crate::error::BatchError;
 
 fn hello(role: Role, lsn: u64, lineage: &[(u64, u64)]) -> Hello {
     Hello {
@@ -108,15 +109,27 @@ fn rec(lsn: u64, payload: &[u8]) -> WireRecord {
 #[test]
 fn batches_must_continue_and_match_their_digests() {
     let good = vec![rec(5, b"abc"), rec(6, b"def")];
-    assert!(validate_batch(5, 5, &good).is_ok());
-    assert!(validate_batch(4, 5, &good)
-        .unwrap_err()
-        .contains("expected 4"));
+    assert_eq!(validate_batch(5, 5, &good), Ok(()));
+    assert_eq!(
+        validate_batch(4, 5, &good),
+        Err(BatchError::WrongStart {
+            first: 5,
+            expected: 4
+        })
+    );
     let gap = vec![rec(5, b"abc"), rec(7, b"def")];
-    assert!(validate_batch(5, 5, &gap).is_err());
+    assert_eq!(
+        validate_batch(5, 5, &gap),
+        Err(BatchError::NotConsecutive {
+            lsn: 7,
+            expected: 6
+        })
+    );
     let mut bad = good.clone();
     bad[1].payload = Bytes::from_static(b"deF");
-    assert!(validate_batch(5, 5, &bad).unwrap_err().contains("BLAKE3"));
+    let err = validate_batch(5, 5, &bad).unwrap_err();
+    assert_eq!(err, BatchError::Digest { lsn: 6 });
+    assert!(err.to_string().contains("BLAKE3"), "{err}");
 }
 
 #[test]
