@@ -26,6 +26,8 @@ struct MemTarget {
     /// Reads at this offset take `slow` before answering.
     slow_offset: Option<u64>,
     slow: Duration,
+    /// Notified when a slow read has reached the target.
+    slow_started: tokio::sync::Notify,
     flushes: AtomicUsize,
     fua_writes: AtomicUsize,
     last_zero_flags: Mutex<Option<ZeroFlags>>,
@@ -40,6 +42,7 @@ impl MemTarget {
             data: Mutex::new(vec![0; SIZE as usize]),
             slow_offset,
             slow,
+            slow_started: tokio::sync::Notify::new(),
             flushes: AtomicUsize::new(0),
             fua_writes: AtomicUsize::new(0),
             last_zero_flags: Mutex::new(None),
@@ -63,6 +66,8 @@ impl BlockTarget for MemTarget {
     }
     async fn read(&self, offset: u64, len: u32) -> Result<Bytes, TargetError> {
         if Some(offset) == self.slow_offset {
+            // notify_one keeps a permit if nobody waits yet.
+            self.slow_started.notify_one();
             tokio::time::sleep(self.slow).await;
         }
         let d = self.data.lock().unwrap();
@@ -563,10 +568,16 @@ async fn concurrent_connections_and_many_exports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_answers_in_flight_requests() {
     let target = MemTarget::slow_at(Some(0), Duration::from_millis(500));
-    let mut srv = start(vec![export("disk", target, false)], ServerLimits::default());
+    let mut srv = start(
+        vec![export("disk", target.clone(), false)],
+        ServerLimits::default(),
+    );
     let mut c = connect(&srv.path, "disk", true, false).await;
     c.send(0, cmd::READ, 1, 0, 4096, &[]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Shut down once the read is in the target, not before it arrived.
+    tokio::time::timeout(Duration::from_secs(5), target.slow_started.notified())
+        .await
+        .expect("the read reached the target");
     let _ = srv.stop.take().unwrap().send(());
     let r = c.reply().await;
     assert_eq!((r.cookie, r.error, r.data.len()), (1, 0, 4096));

@@ -4,7 +4,8 @@
 use std::process::Command;
 use std::time::Duration;
 
-use driftless_tests::{driftless_bin, run};
+use harness::driftless_bin;
+use harness::process::run;
 
 #[test]
 fn demo_runs_and_the_three_copies_match() {

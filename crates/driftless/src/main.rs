@@ -1,17 +1,12 @@
 //! `driftless`: one binary for the appliance daemon, the DR-site target and
-//! the failover CLI. Today it serves a single volume over NBD (`serve`).
+//! the failover CLI; a thin command line over the `node` library (and the
+//! `harness` for `demo` and the hidden `fault-proxy`).
 
 mod cli;
-mod config;
-mod control;
-mod daemon;
-mod demo;
-mod proxy;
-mod serve;
-mod targets;
-mod units;
 
 use clap::Parser;
+use node::config::NodeConfig;
+use node::control;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
@@ -20,16 +15,16 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let result = match cli.command {
-        cli::Command::Serve(args) => serve::run(args),
-        cli::Command::Run { config } => daemon::run(&config),
+        cli::Command::Serve(args) => node::serve::run(args).map_err(anyhow::Error::from),
+        cli::Command::Run { config } => node::daemon::run(&config).map_err(anyhow::Error::from),
         cli::Command::Status {
             socket,
             config,
             json,
         } => status(socket, config, json),
         cli::Command::Cert(cmd) => cert(cmd),
-        cli::Command::Demo(args) => demo::run(args),
-        cli::Command::FaultProxy(args) => proxy::run(args),
+        cli::Command::Demo(args) => harness::demo::run(args).map_err(anyhow::Error::from),
+        cli::Command::FaultProxy(args) => harness::proxy::run(args).map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -49,14 +44,14 @@ fn status(
 ) -> anyhow::Result<()> {
     let socket = match (socket, config) {
         (Some(socket), _) => socket,
-        (None, Some(config)) => config::NodeConfig::load(&config)?.node.control_socket,
+        (None, Some(config)) => NodeConfig::load(&config)?.node.control_socket,
         (None, None) => anyhow::bail!("give --socket or --config"),
     };
     let status = control::request(&socket, &control::Request::Status)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", control::render(&status));
+        print!("{}", node::render::render(&status));
     }
     Ok(())
 }

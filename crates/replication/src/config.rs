@@ -173,7 +173,7 @@ impl SecondaryConfig {
 
 impl std::fmt::Display for PeerMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             PeerMode::Sync => "sync",
             PeerMode::Async => "async",
         })
@@ -182,7 +182,7 @@ impl std::fmt::Display for PeerMode {
 
 impl std::fmt::Display for TransportKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             TransportKind::Tcp => "tcp",
             TransportKind::Quic => "quic",
         })

@@ -17,7 +17,7 @@ pub enum VolumeRole {
 
 impl std::fmt::Display for VolumeRole {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             VolumeRole::Primary => "primary",
             VolumeRole::Secondary => "secondary",
         })
@@ -48,7 +48,7 @@ pub enum PeerState {
 
 impl std::fmt::Display for PeerState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             PeerState::Connecting => "connecting",
             PeerState::Connected => "connected",
             PeerState::Disconnected => "disconnected",

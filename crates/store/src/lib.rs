@@ -11,7 +11,6 @@
 //! (see [`lock`]) rather than propagated.
 
 mod change;
-mod checkpointer;
 mod error;
 mod ranges;
 mod store;

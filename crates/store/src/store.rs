@@ -1,6 +1,6 @@
 //! [`Store`]: open with recovery, changes (journal append, ordered volume
 //! apply), flush, checkpoint, and the replica path (append at the
-//! primary's LSN, apply in LSN order).
+//! primary's LSN, apply in LSN order), and the checkpointer task.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,6 @@ use uuid::Uuid;
 use volume::{Volume, VolumeError};
 
 use crate::change::{apply, Change};
-use crate::checkpointer::checkpointer;
 use crate::error::StoreError;
 use crate::lock;
 use crate::ranges::InflightRanges;
@@ -44,7 +43,7 @@ pub struct Store {
     /// A volume write or fsync failed: the volume no longer matches the
     /// journal, so every later request fails until a restart redoes it.
     failed: Mutex<Option<String>>,
-    pub(crate) checkpoint_now: Notify,
+    checkpoint_now: Notify,
 }
 
 /// What `Store::open` found and redid.
@@ -270,5 +269,39 @@ impl Store {
     /// Asks the checkpointer to run now.
     pub fn request_checkpoint(&self) {
         self.checkpoint_now.notify_one();
+    }
+}
+
+/// Periodic checkpoints, and early ones under journal space pressure. Holds
+/// only a weak reference so dropping the store stops it.
+async fn checkpointer(store: std::sync::Weak<Store>, interval: Duration) {
+    let Some(mut pressure) = store.upgrade().map(|s| s.journal.space_pressure()) else {
+        return;
+    };
+    // The first checkpoint comes one interval after start (open already
+    // checkpointed whatever recovery redid).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let notified = {
+            let Some(s) = store.upgrade() else { return };
+            let s2 = s.clone();
+            tokio::select! {
+                _ = tick.tick() => {}
+                changed = pressure.changed() => {
+                    if changed.is_err() { return; }
+                    if !*pressure.borrow() { continue; }
+                }
+                _ = async move { s2.checkpoint_now.notified().await } => {}
+            }
+            s
+        };
+        match notified.checkpoint().await {
+            Ok(lsn) => tracing::debug!(lsn, "checkpoint"),
+            Err(StoreError::Failed(_)) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "checkpoint failed; retrying at the next interval")
+            }
+        }
     }
 }

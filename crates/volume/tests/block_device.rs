@@ -52,7 +52,7 @@ fn loop_device_volume() {
     let lo = match Loop::attach() {
         Ok(lo) => lo,
         Err(reason) => {
-            eprintln!("skipping block-device test: {reason}");
+            skip::because(&format!("needs a loop device: {reason}"));
             return;
         }
     };

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use common::{engines, opts, pattern, tight_config};
+use common::{opts, pattern, tight_config, uring_unavailable_reason};
 use proptest::prelude::*;
 use volume::{EngineConfig, EngineKind, Volume, VolumeError};
 
@@ -221,8 +221,9 @@ fn run_case(steps: &[Step]) -> Result<(), TestCaseError> {
 
 #[test]
 fn uring_and_threads_agree_with_each_other_and_the_model() {
-    if !engines().contains(&EngineKind::Uring) {
-        return; // reason printed by engines()
+    if let Some(reason) = uring_unavailable_reason() {
+        skip::because(&format!("needs the io_uring engine: {reason}"));
+        return;
     }
     let config = ProptestConfig {
         cases: 96,

@@ -30,11 +30,11 @@ fn data(len: u64) -> Extent {
 
 /// Path on tmpfs (no FALLOC_FL_ZERO_RANGE there), if the machine has one.
 fn tmpfs_dir() -> Option<tempfile::TempDir> {
-    let dir = tempfile::tempdir_in("/dev/shm").ok();
-    if dir.is_none() {
-        eprintln!("skipping: /dev/shm (tmpfs) is not usable");
+    let dir = tempfile::tempdir_in("/dev/shm");
+    if let Err(e) = &dir {
+        skip::because(&format!("needs tmpfs at /dev/shm: {e}"));
     }
-    dir
+    dir.ok()
 }
 
 #[test]

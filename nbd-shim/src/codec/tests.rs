@@ -1121,6 +1121,7 @@ proptest! {
         let mut hs = Handshake::new(exports(), limits);
         let mut out = hs.take_output().to_vec();
         let mut bytes = fixed().to_be_bytes().to_vec();
+        let sent: Vec<u32> = opts.iter().map(|(o, _, _)| *o).collect();
         for (o, payload, huge) in opts {
             if huge {
                 let mut h = option(o, b"");
@@ -1142,6 +1143,24 @@ proptest! {
             out.extend_from_slice(&hs.take_output());
         }
         prop_assert!(buf.len() < 1024 + 16 + split);
-        let _ = out;
+        // The output parses: the 18-byte greeting, then whole option
+        // replies to options that were sent, then at most one
+        // NBD_OPT_EXPORT_NAME answer (size + flags, no zeroes) at the end.
+        prop_assert!(out.len() >= 18);
+        let mut rest = &out[18..];
+        while !rest.is_empty() {
+            if rest.len() >= 8 && rest[..8] == proto::OPTION_REPLY_MAGIC.to_be_bytes() {
+                prop_assert!(rest.len() >= 20, "truncated option reply header");
+                let option = u32::from_be_bytes(rest[8..12].try_into().unwrap());
+                let len = u32::from_be_bytes(rest[16..20].try_into().unwrap()) as usize;
+                prop_assert!(rest.len() >= 20 + len, "option reply payload cut short");
+                prop_assert!(sent.contains(&option), "reply to option {} never sent", option);
+                rest = &rest[20 + len..];
+            } else {
+                prop_assert_eq!(rest.len(), 10, "not an option reply nor an EXPORT_NAME answer");
+                prop_assert!(sent.contains(&opt::EXPORT_NAME));
+                rest = &[];
+            }
+        }
     }
 }

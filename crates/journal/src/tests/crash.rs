@@ -260,6 +260,11 @@ proptest! {
             .collect();
         prop_assume!(!proven.is_empty());
         let (path, off, len, h) = proven[pick % proven.len()].clone();
+        // The record on disk is the one the run appended, and a record that
+        // a later one proves synced was durable when the run ended.
+        let (appended, _) = &run.history[h.lsn as usize - 1];
+        prop_assert_eq!((appended.kind, appended.offset, appended.length), (h.kind, h.offset, h.length));
+        prop_assert!(h.lsn <= run.durable_at_crash, "LSN {} proven synced but durable only to {}", h.lsn, run.durable_at_crash);
         let bit = bit % (len * 8);
         let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
         let mut b = [0u8; 1];
@@ -275,6 +280,5 @@ proptest! {
             Err(e) => prop_assert!(false, "wrong error: {}", e),
             Ok((_, rec)) => prop_assert!(false, "replayed past corruption: last {}", rec.last_lsn),
         }
-        let _ = run;
     }
 }

@@ -68,9 +68,17 @@ impl Model {
     pub fn new() -> Self {
         Model(vec![0; VOL_BYTES as usize])
     }
+    /// What an append of `r` does to the volume.
+    pub fn apply_new(&mut self, r: &crate::NewRecord) {
+        self.change(r.kind, r.offset, r.length, &r.payload);
+    }
+    /// What redoing a recovered record does to the volume.
     pub fn apply(&mut self, h: &RecordHeader, payload: &[u8]) {
-        let r = h.offset as usize..(h.offset + h.length) as usize;
-        match h.kind {
+        self.change(h.kind, h.offset, h.length, payload);
+    }
+    fn change(&mut self, kind: RecordKind, offset: u64, length: u64, payload: &[u8]) {
+        let r = offset as usize..(offset + length) as usize;
+        match kind {
             RecordKind::Write => self.0[r].copy_from_slice(payload),
             RecordKind::Trim | RecordKind::WriteZeroes => self.0[r].fill(0),
             RecordKind::Barrier => {}

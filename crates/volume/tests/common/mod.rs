@@ -6,12 +6,12 @@ use std::path::Path;
 use volume::{EngineConfig, EngineKind, Volume, VolumeError, VolumeOptions};
 
 /// The engines to exercise: threads always, io_uring unless the kernel
-/// refuses it (then the reason is printed and it is skipped).
+/// refuses it (then that part of the test is reported as skipped).
 pub fn engines() -> Vec<EngineKind> {
     let mut kinds = vec![EngineKind::Threads];
     match uring_unavailable_reason() {
         None => kinds.push(EngineKind::Uring),
-        Some(reason) => eprintln!("skipping the io_uring engine: {reason}"),
+        Some(reason) => skip::part(&format!("io_uring engine not exercised: {reason}")),
     }
     kinds
 }

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-
-use crate::{run_ok, wait_timeout};
+use crate::error::{HarnessError, Result};
+use crate::process::{run_ok, wait_timeout};
 
 const SETUP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -22,7 +21,8 @@ pub struct Attachment {
 impl Attachment {
     pub fn new(work: &Path, uri: &str, read_only: bool) -> Result<Attachment> {
         let fuse_dir = work.join(format!("fuse-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&fuse_dir)?;
+        std::fs::create_dir_all(&fuse_dir)
+            .map_err(|e| HarnessError::io(format!("creating {}", fuse_dir.display()), e))?;
         let pid_file = fuse_dir.with_extension("pid");
         let mut cmd = Command::new("nbdfuse");
         if read_only {
@@ -37,7 +37,7 @@ impl Attachment {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("spawning nbdfuse")?;
+            .map_err(|e| HarnessError::io("spawning nbdfuse", e))?;
         let mut attachment = Attachment {
             fuse_dir,
             fuse: Some(fuse),
@@ -51,7 +51,11 @@ impl Attachment {
             .unwrap_or(true)
         {
             if start.elapsed() > SETUP_LIMIT {
-                bail!("nbdfuse not ready after {SETUP_LIMIT:?}");
+                return Err(HarnessError::Timeout {
+                    what: "nbdfuse to be ready".into(),
+                    limit: SETUP_LIMIT,
+                    context: String::new(),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -71,7 +75,7 @@ impl Attachment {
     }
 
     pub fn mount(&self) -> Result<Mounted> {
-        let dir = tempfile::tempdir()?;
+        let dir = mount_point()?;
         let mut cmd = Command::new("mount");
         if self.read_only {
             cmd.args(["-o", "ro"]);
@@ -146,7 +150,7 @@ impl LoopFile {
     /// Mounts the device read-only (a file system that needs journal replay
     /// fails to mount from a read-only device: the copy must be clean).
     pub fn mount(&self) -> Result<Mounted> {
-        let dir = tempfile::tempdir()?;
+        let dir = mount_point()?;
         run_ok(
             Command::new("mount")
                 .args(["-o", "ro"])
@@ -165,4 +169,8 @@ impl Drop for LoopFile {
             .arg(&self.loop_dev)
             .status();
     }
+}
+
+fn mount_point() -> Result<tempfile::TempDir> {
+    tempfile::tempdir().map_err(|e| HarnessError::io("creating a mount point", e))
 }

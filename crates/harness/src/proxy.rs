@@ -16,12 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+
+use crate::error::{HarnessError, Result};
 
 /// Client addresses with their own upstream socket; at the limit the mapping
 /// idle the longest is evicted (its upstream socket closed).
@@ -110,7 +111,7 @@ impl Proxy {
         listen: SocketAddr,
         upstream: SocketAddr,
         delay: Duration,
-    ) -> anyhow::Result<ProxyHandle> {
+    ) -> Result<ProxyHandle> {
         let (cut, cut_rx) = watch::channel(false);
         let stats = Arc::new(ProxyStats::default());
         let mut tasks = JoinSet::new();
@@ -118,8 +119,10 @@ impl Proxy {
             Protocol::Udp => {
                 let front = UdpSocket::bind(listen)
                     .await
-                    .with_context(|| format!("binding UDP {listen}"))?;
-                let local = front.local_addr()?;
+                    .map_err(|e| HarnessError::io(format!("binding UDP {listen}"), e))?;
+                let local = front
+                    .local_addr()
+                    .map_err(|e| HarnessError::io("reading the UDP address", e))?;
                 tasks.spawn(udp_front(
                     Arc::new(front),
                     upstream,
@@ -132,8 +135,10 @@ impl Proxy {
             Protocol::Tcp => {
                 let listener = TcpListener::bind(listen)
                     .await
-                    .with_context(|| format!("binding TCP {listen}"))?;
-                let local = listener.local_addr()?;
+                    .map_err(|e| HarnessError::io(format!("binding TCP {listen}"), e))?;
+                let local = listener
+                    .local_addr()
+                    .map_err(|e| HarnessError::io("reading the TCP address", e))?;
                 tasks.spawn(tcp_accept(listener, upstream, delay, cut_rx, stats.clone()));
                 local
             }
@@ -285,7 +290,7 @@ async fn udp_mapping(
     delay: Duration,
     cut: &watch::Receiver<bool>,
     stats: &Arc<ProxyStats>,
-) -> anyhow::Result<Mapping> {
+) -> std::io::Result<Mapping> {
     let any: IpAddr = match upstream {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
@@ -470,7 +475,7 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub upstream: SocketAddr,
     /// One-way delay per datagram or chunk, both directions ("20ms").
-    #[arg(long, value_parser = crate::units::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = node::units::parse_duration, default_value = "0s")]
     pub delay: Duration,
     /// The link is cut while this file exists (in addition to SIGUSR1/SIGUSR2).
     #[arg(long)]
@@ -482,22 +487,23 @@ const CUT_FILE_POLL: Duration = Duration::from_millis(20);
 
 /// Runs until SIGINT/SIGTERM. SIGUSR1 cuts, SIGUSR2 restores; the link is
 /// cut while either a SIGUSR1 is in force or the cut file exists.
-pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
+pub fn run(args: ProxyArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("fault-proxy")
         .build()
-        .context("starting the tokio runtime")?;
+        .map_err(|e| HarnessError::io("starting the tokio runtime", e))?;
     runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
-        let mut usr2 = signal(SignalKind::user_defined2()).context("SIGUSR2 handler")?;
+        let handler = |e| HarnessError::io("installing signal handlers", e);
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(handler)?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(handler)?;
         let proxy = Proxy::start(args.protocol, args.listen, args.upstream, args.delay).await?;
         println!("proxy listening on {}", proxy.local_addr());
         let mut signal_cut = false;
         let mut poll = tokio::time::interval(CUT_FILE_POLL);
-        let stop = crate::serve::shutdown_signal();
+        let stop = node::nbd::shutdown_signal();
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -527,6 +533,68 @@ pub fn run(args: ProxyArgs) -> anyhow::Result<()> {
         proxy.stop();
         Ok(())
     })
+}
+
+/// A `driftless fault-proxy` process between a primary and a peer; the
+/// link is cut while its cut file exists. SIGKILLed on drop.
+pub struct ProxyProc {
+    pub proc: crate::process::Proc,
+    pub addr: SocketAddr,
+    cut_file: std::path::PathBuf,
+}
+
+impl ProxyProc {
+    /// `driftless fault-proxy --protocol PROTOCOL --listen 127.0.0.1:0
+    /// --upstream UPSTREAM [--delay DELAY] --cut-file DIR/proxy-N.cut`.
+    pub fn start(
+        dir: &std::path::Path,
+        protocol: Protocol,
+        upstream: SocketAddr,
+        delay: Option<Duration>,
+    ) -> Result<ProxyProc> {
+        let cut_file = dir.join(format!("proxy-{:08x}.cut", rand::random::<u32>()));
+        let mut cmd = std::process::Command::new(crate::driftless_bin());
+        cmd.arg("fault-proxy")
+            .arg("--protocol")
+            .arg(match protocol {
+                Protocol::Udp => "udp",
+                Protocol::Tcp => "tcp",
+            })
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--upstream")
+            .arg(upstream.to_string())
+            .arg("--cut-file")
+            .arg(&cut_file);
+        if let Some(d) = delay {
+            cmd.arg("--delay").arg(node::units::format_duration(d));
+        }
+        let mut proc = crate::process::Proc::spawn(cmd, dir, "proxy")?;
+        let addr = proc.wait_stdout("printing its address", Duration::from_secs(20), |out| {
+            out.lines()
+                .find_map(|l| l.split_once("proxy listening on ").map(|(_, a)| a.trim()))
+                .and_then(|a| a.split_whitespace().next())
+                .and_then(|a| a.parse().ok())
+        })?;
+        Ok(ProxyProc {
+            proc,
+            addr,
+            cut_file,
+        })
+    }
+
+    /// Cuts the link (creates the cut file).
+    pub fn cut(&self) {
+        std::fs::write(&self.cut_file, b"cut\n").expect("creating the cut file");
+    }
+
+    /// Restores the link (removes the cut file).
+    pub fn restore(&self) {
+        std::fs::remove_file(&self.cut_file).expect("removing the cut file");
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
 }
 
 #[cfg(test)]

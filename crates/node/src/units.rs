@@ -17,9 +17,25 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         .map_err(|e| format!("invalid duration {text:?}: {e} (examples: \"500ms\", \"10s\")"))
 }
 
+/// Formats a duration the way [`parse_duration`] reads it back: whole
+/// seconds as "10s", else milliseconds, microseconds or nanoseconds.
+pub fn format_duration(d: std::time::Duration) -> String {
+    let ns = d.as_nanos();
+    if ns.is_multiple_of(1_000_000_000) {
+        format!("{}s", ns / 1_000_000_000)
+    } else if ns.is_multiple_of(1_000_000) {
+        format!("{}ms", ns / 1_000_000)
+    } else if ns.is_multiple_of(1_000) {
+        format!("{}us", ns / 1_000)
+    } else {
+        format!("{ns}ns")
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_bytes;
+    use super::{format_duration, parse_bytes, parse_duration};
+    use std::time::Duration;
 
     #[test]
     fn binary_units() {
@@ -39,5 +55,19 @@ mod tests {
         );
         assert_eq!(super::parse_duration("0s"), Ok(std::time::Duration::ZERO));
         assert!(super::parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for d in [
+            Duration::ZERO,
+            Duration::from_secs(10),
+            Duration::from_millis(1500),
+            Duration::from_micros(250),
+            Duration::from_nanos(7),
+        ] {
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{d:?}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
     }
 }

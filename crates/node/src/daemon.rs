@@ -5,30 +5,28 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
-use journal::JournalConfig;
-use nbd_shim::server::{Export, Listener, Server, ServerLimits};
+use nbd_shim::server::{Export, Server, ServerLimits};
 use replication::{
-    PeerConfig, PeerMode, Primary, PrimaryConfig, Secondary, SecondaryConfig, SyncPeerLossPolicy,
-    TransportKind,
+    PeerConfig, Primary, PrimaryConfig, Secondary, SecondaryConfig, SyncPeerLossPolicy, VolumeRole,
 };
-use store::{Store, StoreConfig};
+use store::Store;
 use tokio::sync::watch;
 use transport::TlsIdentity;
-use volume::{Volume, VolumeOptions};
 
-use crate::config::{LossPolicy, Mode, NodeConfig, Role, Transport, VolumeSection};
+use crate::config::{LossPolicy, NodeConfig, VolumeSection};
 use crate::control::{NamedStatus, NodeStatus, StatusSource};
-use crate::serve::{bind_unix, shutdown_signal, SocketGuard};
+use crate::error::NodeError;
+use crate::nbd::{bind_export, shutdown_signal, SocketGuard};
+use crate::open::{open_store, open_volume, StoreSpec};
 use crate::targets::JournaledTarget;
 
-pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
+pub fn run(config_path: &std::path::Path) -> Result<(), NodeError> {
     let config = NodeConfig::load(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("driftless")
         .build()
-        .context("starting the tokio runtime")?;
+        .map_err(|e| NodeError::io("starting the tokio runtime", e))?;
     // Peer sessions (shipping, QUIC, acks) get their own workers, half the
     // cores and at least one, so a client's request never queues behind a
     // batch being encrypted on the same worker.
@@ -38,7 +36,7 @@ pub fn run(config_path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("driftless-repl")
         .build()
-        .context("starting the replication runtime")?;
+        .map_err(|e| NodeError::io("starting the replication runtime", e))?;
     let result = runtime.block_on(daemon(config, replication.handle().clone()));
     replication.shutdown_timeout(std::time::Duration::from_secs(1));
     result
@@ -82,7 +80,7 @@ impl StatusSource for Node {
     }
 }
 
-async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> anyhow::Result<()> {
+async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), NodeError> {
     let tls = Arc::new(
         TlsIdentity::load(
             &config.tls.cert,
@@ -90,7 +88,7 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> anyhow::Res
             &config.tls.ca,
             config.tls.allowed_peers.clone(),
         )
-        .context("loading [tls]")?,
+        .map_err(NodeError::Tls)?,
     );
     let quic = config.quic.tuning();
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -102,24 +100,26 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> anyhow::Res
     let mut guards: Vec<SocketGuard> = Vec::new();
 
     for v in &config.volumes {
-        let store = open_store(v)
-            .await
-            .with_context(|| format!("volume {}", v.name))?;
+        let spec = store_spec(v)?;
+        let store = open_store(&spec, open_volume(&spec, false)?).await?;
+        let engine_err = |cause| NodeError::Engine {
+            volume: v.name.clone(),
+            cause,
+        };
         match v.role {
-            Role::Primary => {
+            VolumeRole::Primary => {
                 let primary = repl
                     .spawn(Primary::start(
                         store,
                         primary_config(&config.node.name, v, &tls, &quic),
                     ))
                     .await
-                    .context("replication runtime")?
-                    .with_context(|| format!("volume {}: starting replication", v.name))?;
+                    .map_err(|e| NodeError::io("replication runtime", std::io::Error::other(e)))?
+                    .map_err(engine_err)?;
                 let target = Arc::new(JournaledTarget::new(primary.clone()));
-                let nbd = v
-                    .nbd
-                    .as_ref()
-                    .context("validated: primary has [volume.nbd]")?;
+                let nbd = v.nbd.as_ref().ok_or_else(|| {
+                    NodeError::Config(format!("volume {}: a primary needs [volume.nbd]", v.name))
+                })?;
                 let export_name = nbd.export.clone().unwrap_or_else(|| v.name.clone());
                 let server = Server::new(
                     vec![Export {
@@ -129,29 +129,14 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> anyhow::Res
                         read_only: false,
                     }],
                     ServerLimits::default(),
-                )?;
-                let mut listeners = Vec::new();
-                if let Some(path) = &nbd.unix {
-                    let (listener, guard) = bind_unix(path)?;
-                    listeners.push(Listener::Unix(listener));
-                    guards.push(guard);
-                    println!(
-                        "volume {} serving nbd+unix:///{export_name}?socket={}",
-                        v.name,
-                        path.display()
-                    );
+                )
+                .map_err(NodeError::Nbd)?;
+                let bound = bind_export(&export_name, nbd.unix.as_deref(), nbd.listen).await?;
+                for uri in &bound.uris {
+                    println!("volume {} serving {uri}", v.name);
                 }
-                if let Some(addr) = nbd.listen {
-                    let listener = tokio::net::TcpListener::bind(addr)
-                        .await
-                        .with_context(|| format!("binding NBD on {addr}"))?;
-                    println!(
-                        "volume {} serving nbd://{}/{export_name}",
-                        v.name,
-                        listener.local_addr()?
-                    );
-                    listeners.push(Listener::Tcp(listener));
-                }
+                guards.extend(bound.guards);
+                let listeners = bound.listeners;
                 let mut stop = stop_rx.clone();
                 let name = v.name.clone();
                 exports.push(tokio::spawn(async move {
@@ -165,16 +150,14 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> anyhow::Res
                 node.volumes
                     .push((v.name.clone(), Running::Primary(primary)));
             }
-            Role::Secondary => {
+            VolumeRole::Secondary => {
                 let mut cfg = SecondaryConfig::new(config.node.name.clone(), tls.clone());
                 cfg.listen_tcp = v.listen_tcp;
                 cfg.listen_quic = v.listen_quic;
                 cfg.keepalive_interval = v.keepalive_interval;
                 cfg.peer_timeout = v.peer_timeout;
                 cfg.quic = quic.clone();
-                let secondary = Secondary::start(store, cfg)
-                    .await
-                    .with_context(|| format!("volume {}: starting the secondary", v.name))?;
+                let secondary = Secondary::start(store, cfg).await.map_err(engine_err)?;
                 let (tcp, quic_addr) = secondary.local_addrs();
                 println!(
                     "volume {} secondary listening tcp={} quic={}",
@@ -221,41 +204,24 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> anyhow::Res
     Ok(())
 }
 
-async fn open_store(v: &VolumeSection) -> anyhow::Result<Arc<Store>> {
-    let opts = VolumeOptions {
+fn store_spec(v: &VolumeSection) -> Result<StoreSpec, NodeError> {
+    Ok(StoreSpec {
+        name: v.name.clone(),
+        path: v.path.clone(),
         size_bytes: Some(v.size),
         engine: v
             .io_engine
             .parse()
-            .map_err(|e| anyhow::anyhow!("io_engine: {e}"))?,
-        read_only: false,
-        create: true,
-    };
-    let volume =
-        Volume::open(&v.path, opts).with_context(|| format!("opening {}", v.path.display()))?;
-    let mut journal = JournalConfig::new(v.journal_dir());
-    journal.capacity_bytes = v.journal_size;
-    journal.segment_bytes = v.journal_segment_size;
-    journal.max_batch_bytes = v.max_batch as usize;
-    journal.region_bytes = v.region_size;
-    journal.pressure_bytes = v.journal_size / 4 * 3;
-    let config = StoreConfig {
-        journal,
+            .map_err(|e| NodeError::Config(format!("volume {}: io_engine: {e}", v.name)))?,
+        journal_dir: v.journal_dir(),
+        journal_size_bytes: v.journal_size,
+        journal_segment_bytes: v.journal_segment_size,
+        max_batch_bytes: v.max_batch,
+        max_batch_wait: std::time::Duration::ZERO,
         checkpoint_interval: v.checkpoint_interval,
+        region_bytes: v.region_size,
         volume_uuid: Some(v.uuid),
-    };
-    let (store, report) = Store::open(volume, config)
-        .await
-        .with_context(|| format!("opening journal {}", v.journal_dir().display()))?;
-    tracing::info!(
-        volume = %v.name,
-        role = ?v.role,
-        checkpoint_lsn = report.checkpoint_lsn,
-        redone_records = report.redone_records,
-        dropped_tail_bytes = report.dropped_tail_bytes,
-        "journal recovered"
-    );
-    Ok(store)
+    })
 }
 
 fn primary_config(
@@ -269,14 +235,8 @@ fn primary_config(
         .iter()
         .map(|p| PeerConfig {
             name: p.name.clone(),
-            mode: match p.mode {
-                Mode::Sync => PeerMode::Sync,
-                Mode::Async => PeerMode::Async,
-            },
-            transport: match p.transport {
-                Transport::Tcp => TransportKind::Tcp,
-                Transport::Quic => TransportKind::Quic,
-            },
+            mode: p.mode,
+            transport: p.transport,
             address: p.address,
             max_inflight_bytes: p.max_inflight,
             max_batch_bytes: p.max_batch as usize,

@@ -6,15 +6,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use serde::{Deserialize, Deserializer};
+use replication::{PeerMode, TransportKind, VolumeRole};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::units::{parse_bytes, parse_duration};
+use crate::error::NodeError;
+use crate::units::{format_duration, parse_bytes, parse_duration};
 
 /// An async peer's ship delay is lag by design: keep it well under a second.
 const MAX_SHIP_DELAY: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     pub node: Node,
@@ -25,7 +26,7 @@ pub struct NodeConfig {
     pub volumes: Vec<VolumeSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Node {
     /// This node's name: the name in its certificate, and what peers list.
@@ -34,7 +35,7 @@ pub struct Node {
     pub control_socket: PathBuf,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
     pub cert: PathBuf,
@@ -42,12 +43,13 @@ pub struct Tls {
     pub ca: PathBuf,
     /// Only peers presenting one of these names are accepted (default: any
     /// certificate from the CA).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_peers: Option<Vec<String>>,
 }
 
 /// QUIC tuning for long fat links; windows must cover the bandwidth-delay
 /// product (1 Gbit/s × 100 ms ≈ 12.5 MB).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuicSection {
     #[serde(deserialize_with = "bytes", default = "default_stream_window")]
@@ -62,11 +64,11 @@ pub struct QuicSection {
     pub udp_recv_buffer: u64,
     #[serde(default = "yes")]
     pub gso: bool,
-    #[serde(deserialize_with = "duration", default = "default_idle")]
+    #[serde(with = "duration", default = "default_idle")]
     pub max_idle_timeout: Duration,
-    #[serde(deserialize_with = "duration", default = "default_keepalive")]
+    #[serde(with = "duration", default = "default_keepalive")]
     pub keep_alive_interval: Duration,
-    #[serde(deserialize_with = "duration", default = "default_rtt")]
+    #[serde(with = "duration", default = "default_rtt")]
     pub initial_rtt: Duration,
 }
 
@@ -102,21 +104,14 @@ impl QuicSection {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Primary,
-    Secondary,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LossPolicy {
     Suspend,
     Degrade,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSection {
     pub name: String,
@@ -125,10 +120,11 @@ pub struct VolumeSection {
     pub path: PathBuf,
     #[serde(deserialize_with = "bytes")]
     pub size: u64,
-    pub role: Role,
+    pub role: VolumeRole,
     #[serde(default = "default_engine")]
     pub io_engine: String,
     /// Default: `<path>.journal`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub journal_dir: Option<PathBuf>,
     #[serde(deserialize_with = "bytes", default = "default_journal_size")]
     pub journal_size: u64,
@@ -136,7 +132,7 @@ pub struct VolumeSection {
     pub journal_segment_size: u64,
     #[serde(deserialize_with = "bytes", default = "default_batch")]
     pub max_batch: u64,
-    #[serde(deserialize_with = "duration", default = "default_checkpoint")]
+    #[serde(with = "duration", default = "default_checkpoint")]
     pub checkpoint_interval: Duration,
     #[serde(deserialize_with = "bytes", default = "default_region")]
     pub region_size: u64,
@@ -144,62 +140,69 @@ pub struct VolumeSection {
     #[serde(default = "default_loss_policy")]
     pub on_sync_peer_loss: LossPolicy,
     /// With `suspend`: how long writes wait before the peer is degraded.
-    #[serde(deserialize_with = "duration", default = "default_suspend")]
+    #[serde(with = "duration", default = "default_suspend")]
     pub suspend_timeout: Duration,
-    #[serde(deserialize_with = "duration", default = "default_reconnect_min")]
+    #[serde(with = "duration", default = "default_reconnect_min")]
     pub reconnect_min: Duration,
-    #[serde(deserialize_with = "duration", default = "default_reconnect_max")]
+    #[serde(with = "duration", default = "default_reconnect_max")]
     pub reconnect_max: Duration,
-    #[serde(deserialize_with = "duration", default = "default_keepalive_peer")]
+    #[serde(with = "duration", default = "default_keepalive_peer")]
     pub keepalive_interval: Duration,
-    #[serde(deserialize_with = "duration", default = "default_peer_timeout")]
+    #[serde(with = "duration", default = "default_peer_timeout")]
     pub peer_timeout: Duration,
     /// Secondary: where the primary connects (TCP+TLS and/or QUIC).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_tcp: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_quic: Option<SocketAddr>,
     /// Primary: the NBD export.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nbd: Option<NbdSection>,
     #[serde(rename = "peer", default)]
     pub peers: Vec<PeerSection>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NbdSection {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unix: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
     /// Export name (default: the volume name).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Sync,
-    Async,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Tcp,
-    Quic,
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSection {
     pub name: String,
-    pub mode: Mode,
-    pub transport: Transport,
+    pub mode: PeerMode,
+    pub transport: TransportKind,
     pub address: SocketAddr,
     #[serde(deserialize_with = "bytes", default = "default_inflight")]
     pub max_inflight: u64,
     #[serde(deserialize_with = "bytes", default = "default_batch")]
     pub max_batch: u64,
     /// Async peers: longest wait for a local journal sync before shipping.
-    #[serde(deserialize_with = "duration", default = "default_ship_delay")]
+    #[serde(with = "duration", default = "default_ship_delay")]
     pub max_ship_delay: Duration,
+}
+
+impl PeerSection {
+    /// A peer with default window, batch and ship delay.
+    pub fn new(name: &str, mode: PeerMode, transport: TransportKind, address: SocketAddr) -> Self {
+        PeerSection {
+            name: name.into(),
+            mode,
+            transport,
+            address,
+            max_inflight: default_inflight(),
+            max_batch: default_batch(),
+            max_ship_delay: default_ship_delay(),
+        }
+    }
 }
 
 fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -216,9 +219,18 @@ fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
+/// Durations are strings with units ("500ms", "10s") both ways.
+mod duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 fn yes() -> bool {
@@ -287,21 +299,31 @@ fn default_ship_delay() -> Duration {
 }
 
 impl NodeConfig {
-    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+    pub fn load(path: &Path) -> Result<NodeConfig, NodeError> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config {}", path.display()))?;
-        let config = Self::parse(&text).with_context(|| format!("config {}", path.display()))?;
-        Ok(config)
+            .map_err(|e| NodeError::io(format!("reading config {}", path.display()), e))?;
+        Self::parse(&text).map_err(|e| NodeError::Config(format!("config {}: {e}", path.display())))
     }
 
-    pub fn parse(text: &str) -> anyhow::Result<NodeConfig> {
+    pub fn parse(text: &str) -> Result<NodeConfig, NodeError> {
         // toml's message names the key and the line.
-        let config: NodeConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config: NodeConfig =
+            toml::from_str(text).map_err(|e| NodeError::Config(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// The config as TOML, as `parse` reads it back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a node config always serializes")
+    }
+
+    fn validate(&self) -> Result<(), NodeError> {
+        macro_rules! bail {
+            ($($arg:tt)*) => {
+                return Err(NodeError::Config(format!($($arg)*)))
+            };
+        }
         if transport::validate_node_name(&self.node.name).is_err() {
             bail!(
                 "node.name {:?} must be a certificate node name ([A-Za-z0-9.-])",
@@ -333,7 +355,7 @@ impl NodeConfig {
                 bail!("{at}.region_size must be a power of two >= 4KiB");
             }
             match v.role {
-                Role::Primary => {
+                VolumeRole::Primary => {
                     if v.listen_tcp.is_some() || v.listen_quic.is_some() {
                         bail!("{at}: listen_tcp/listen_quic are for secondaries; a primary dials its peers");
                     }
@@ -344,7 +366,7 @@ impl NodeConfig {
                         bail!("{at}.nbd: set unix and/or listen");
                     }
                 }
-                Role::Secondary => {
+                VolumeRole::Secondary => {
                     if v.listen_tcp.is_none() && v.listen_quic.is_none() {
                         bail!("{at}: a secondary needs listen_tcp and/or listen_quic");
                     }
@@ -377,7 +399,51 @@ impl NodeConfig {
     }
 }
 
+impl NodeConfig {
+    /// A node with no volumes yet and default QUIC tuning.
+    pub fn new(name: &str, control_socket: PathBuf, tls: Tls) -> Self {
+        NodeConfig {
+            node: Node {
+                name: name.into(),
+                control_socket,
+            },
+            tls,
+            quic: QuicSection::default(),
+            volumes: Vec::new(),
+        }
+    }
+}
+
 impl VolumeSection {
+    /// A volume with every optional key at its default; a primary still
+    /// needs `nbd`, a secondary `listen_tcp` and/or `listen_quic`.
+    pub fn new(name: &str, uuid: uuid::Uuid, path: PathBuf, size: u64, role: VolumeRole) -> Self {
+        VolumeSection {
+            name: name.into(),
+            uuid,
+            path,
+            size,
+            role,
+            io_engine: default_engine(),
+            journal_dir: None,
+            journal_size: default_journal_size(),
+            journal_segment_size: default_segment_size(),
+            max_batch: default_batch(),
+            checkpoint_interval: default_checkpoint(),
+            region_size: default_region(),
+            on_sync_peer_loss: default_loss_policy(),
+            suspend_timeout: default_suspend(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+            keepalive_interval: default_keepalive_peer(),
+            peer_timeout: default_peer_timeout(),
+            listen_tcp: None,
+            listen_quic: None,
+            nbd: None,
+            peers: Vec::new(),
+        }
+    }
+
     pub fn journal_dir(&self) -> PathBuf {
         self.journal_dir.clone().unwrap_or_else(|| {
             let mut name = self.path.as_os_str().to_owned();
@@ -442,6 +508,23 @@ max_inflight = "128MiB"
             v.journal_dir(),
             std::path::PathBuf::from("/tmp/vol0.img.journal")
         );
+    }
+
+    #[test]
+    fn deploy_examples_parse() {
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+        for name in ["primary.toml", "metro.toml", "dr.toml"] {
+            let path = deploy.join(name);
+            NodeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+
+    #[test]
+    fn serializes_to_toml_that_parses_back_the_same() {
+        let c = NodeConfig::parse(PRIMARY).unwrap();
+        let text = c.to_toml();
+        assert_eq!(NodeConfig::parse(&text).unwrap(), c, "{text}");
+        assert!(text.contains("checkpoint_interval = \"5s\""), "{text}");
     }
 
     #[test]

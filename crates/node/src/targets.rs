@@ -188,6 +188,11 @@ impl DataPath for Primary {
 fn store_error(err: StoreError) -> TargetError {
     match err {
         StoreError::Volume(err) => target_error(err),
+        // Refused before anything was journaled (the NBD server checks
+        // ranges first; this is the journal's own check).
+        StoreError::Journal(journal::JournalError::InvalidRequest(why)) => {
+            TargetError::Invalid(why)
+        }
         other => {
             tracing::warn!(error = %other, "request failed");
             TargetError::Io(std::io::Error::other(other.to_string()))
@@ -289,5 +294,131 @@ impl<P: DataPath> BlockTarget for JournaledTarget<P> {
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, TargetError> {
         block_status(self.path.store().volume(), offset, len).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use journal::JournalConfig;
+    use store::StoreConfig;
+    use volume::{EngineKind, VolumeOptions};
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn volume(dir: &std::path::Path, read_only: bool) -> Volume {
+        Volume::open(
+            &dir.join("vol.img"),
+            VolumeOptions {
+                size_bytes: Some(4 * MIB),
+                engine: EngineKind::Threads,
+                read_only,
+                create: true,
+            },
+        )
+        .unwrap()
+    }
+
+    async fn journaled(dir: &std::path::Path) -> JournaledTarget<Store> {
+        let mut journal = JournalConfig::new(dir.join("journal"));
+        journal.segment_bytes = 40 * MIB;
+        journal.capacity_bytes = 3 * 40 * MIB;
+        journal.pressure_bytes = 2 * 40 * MIB;
+        let cfg = StoreConfig {
+            journal,
+            checkpoint_interval: Duration::from_secs(3600),
+            volume_uuid: None,
+        };
+        let (store, _) = Store::open(volume(dir, false), cfg).await.unwrap();
+        JournaledTarget::new(store)
+    }
+
+    fn fua(yes: bool) -> Durability {
+        if yes {
+            Durability::Fua
+        } else {
+            Durability::Buffered
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn journaled_target_journals_every_change_and_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = journaled(dir.path()).await;
+        assert_eq!(t.size_bytes(), 4 * MIB);
+        assert!(!t.features().read_only);
+        let j = || t.path.store().journal();
+
+        t.write(0, Bytes::from(vec![0xab; 8192]), fua(false))
+            .await
+            .unwrap();
+        assert_eq!(j().written_lsn(), 1);
+        assert_eq!(j().applied_lsn(), 1);
+        assert_eq!(&t.read(0, 8192).await.unwrap()[..], &[0xab; 8192][..]);
+
+        // FUA: durable before the reply.
+        t.write(MIB, Bytes::from(vec![0xcd; 4096]), fua(true))
+            .await
+            .unwrap();
+        assert_eq!(j().durable_lsn(), 2);
+
+        let zero = ZeroFlags {
+            may_trim: false,
+            fast_only: false,
+            durability: fua(false),
+        };
+        t.write_zeroes(0, 4096, zero).await.unwrap();
+        t.trim(4096, 4096, fua(false)).await.unwrap();
+        assert_eq!(&t.read(0, 8192).await.unwrap()[..], &[0u8; 8192][..]);
+        assert_eq!(j().written_lsn(), 4);
+
+        // FLUSH covers everything written before it.
+        assert!(j().durable_lsn() < 4);
+        t.flush().await.unwrap();
+        assert_eq!(j().durable_lsn(), 4);
+
+        // Block status sees the data at 1 MiB; CACHE is accepted.
+        let extents = t.block_status(MIB, 4096).await.unwrap();
+        assert!(!extents[0].hole, "{extents:?}");
+        t.cache(0, 4096).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn out_of_range_requests_are_invalid_and_journal_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = journaled(dir.path()).await;
+        let err = t
+            .write(4 * MIB - 512, Bytes::from(vec![1; 4096]), fua(false))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TargetError::Invalid(_)), "{err:?}");
+        assert_eq!(
+            t.path.store().journal().written_lsn(),
+            0,
+            "nothing journaled"
+        );
+        let other = tempfile::tempdir().unwrap();
+        let err = VolumeTarget::new(volume(other.path(), false), false)
+            .read(4 * MIB, 4096)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TargetError::Invalid(_)), "{err:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn read_only_volume_target_refuses_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(volume(dir.path(), false)); // create the file
+        let t = VolumeTarget::new(volume(dir.path(), true), true);
+        assert!(t.features().read_only);
+        let err = t
+            .write(0, Bytes::from(vec![1; 512]), fua(false))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, TargetError::ReadOnly), "{err:?}");
+        assert_eq!(&t.read(0, 512).await.unwrap()[..], &[0u8; 512][..]);
     }
 }

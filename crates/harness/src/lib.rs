@@ -1,0 +1,60 @@
+//! The driftless harness: everything `driftless demo` and the integration
+//! tests share to drive real nodes.
+//!
+//! - [`process`]: child processes (killed on drop), bounded waits, commands.
+//! - [`pki`]: a CA and node certificates.
+//! - [`cluster`]: node configs built as [`node::config::NodeConfig`] values
+//!   (serialized with serde + toml), `driftless run` nodes, their status.
+//! - [`serve`]: a `driftless serve` process.
+//! - [`proxy`]: the fault proxy (delay, cut, restore), in-process or as the
+//!   hidden `driftless fault-proxy` command.
+//! - [`checker`]: the one consistency checker: a recording NBD workload and
+//!   the checks of invariants 1 and 2 on any copy.
+//! - [`demo`]: the README's main command, a short scenario on the above.
+
+pub mod checker;
+pub mod cluster;
+pub mod demo;
+mod error;
+pub mod mount;
+pub mod pki;
+pub mod process;
+pub mod proxy;
+pub mod serve;
+
+pub use error::{HarnessError, Result};
+pub use skip;
+
+/// Returns from a test that needs root when not root, reporting it as
+/// skipped with the reason (see the `skip` crate).
+#[macro_export]
+macro_rules! require_root {
+    ($what:expr) => {
+        if !$crate::process::is_root() {
+            $crate::skip::because(&format!("{} needs root", $what));
+            return;
+        }
+    };
+}
+
+/// The `driftless` binary: `$DRIFTLESS_BIN`, else this executable when it
+/// is driftless itself (the demo), else the one built beside the test
+/// executable (`target/<profile>/deps/<test>` → `target/<profile>/driftless`).
+pub fn driftless_bin() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("DRIFTLESS_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().expect("an executable has a directory");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        let bin = dir.parent().expect("deps has a parent").join("driftless");
+        assert!(
+            bin.exists(),
+            "{} not found: build it first (`cargo build --release -p driftless`) or set DRIFTLESS_BIN",
+            bin.display()
+        );
+        bin
+    } else {
+        exe
+    }
+}

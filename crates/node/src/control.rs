@@ -1,0 +1,261 @@
+//! The control socket: a Unix socket (mode 0600) where the CLI asks the
+//! daemon for its state. One JSON request line, one JSON response line.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use replication::VolumeStatus;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::error::NodeError;
+use crate::nbd::{bind_unix, SocketGuard};
+
+/// A request line is at most this long; anything longer is refused.
+const MAX_REQUEST_BYTES: usize = 4096;
+/// Control clients served at once.
+const MAX_CONTROL_CONNECTIONS: usize = 16;
+const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub node: String,
+    pub volumes: Vec<NamedStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NamedStatus {
+    pub name: String,
+    #[serde(flatten)]
+    pub status: VolumeStatus,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Response {
+    Ok(NodeStatus),
+    Error { message: String },
+}
+
+/// Where the daemon's state comes from when a request arrives.
+pub trait StatusSource: Send + Sync + 'static {
+    fn node_status(&self) -> NodeStatus;
+}
+
+/// Binds the control socket with mode 0600 (only the daemon's user may
+/// drive it) and serves requests until the task is dropped.
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let (listener, guard) = bind_unix(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| NodeError::io(format!("setting mode 0600 on {}", path.display()), e))?;
+    Ok((listener, guard))
+}
+
+pub async fn serve(listener: UnixListener, source: Arc<dyn StatusSource>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    loop {
+        // At the limit, further clients wait in the listen backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                tracing::warn!(error = %err, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let source = source.clone();
+        tokio::spawn(async move {
+            // A client that sends nothing must not hold its slot forever.
+            match tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, answer(stream, source)).await {
+                Ok(Err(err)) => tracing::debug!(error = %err, "control request failed"),
+                Err(_) => tracing::debug!("control request timed out"),
+                Ok(Ok(())) => {}
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(stream: UnixStream, source: Arc<dyn StatusSource>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
+    reader.read_line(&mut line).await?;
+    let response = match serde_json::from_str::<Request>(line.trim()) {
+        Ok(Request::Status) => Response::Ok(source.node_status()),
+        Err(err) => Response::Error {
+            message: format!("bad request: {err}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&response).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    Ok(())
+}
+
+/// The CLI side: one request, one response (bounded by
+/// [`CONTROL_REQUEST_TIMEOUT`]).
+pub fn request(path: &Path, request: &Request) -> Result<NodeStatus, NodeError> {
+    use std::io::{BufRead, Write};
+    let err = |message: String| NodeError::Control {
+        path: path.to_owned(),
+        message,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| err(format!("cannot connect ({e}); is the daemon running?")))?;
+    let line = (|| -> std::io::Result<String> {
+        stream.set_read_timeout(Some(CONTROL_REQUEST_TIMEOUT))?;
+        let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        stream.write_all(&line)?;
+        let mut reply = String::new();
+        std::io::BufReader::new(stream).read_line(&mut reply)?;
+        Ok(reply)
+    })()
+    .map_err(|e| err(format!("request failed: {e}")))?;
+    match serde_json::from_str::<Response>(&line)
+        .map_err(|e| err(format!("unreadable reply ({e}): {line:?}")))?
+    {
+        Response::Ok(status) => Ok(status),
+        Response::Error { message } => Err(NodeError::Refused(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::PermissionsExt;
+
+    use replication::{VolumeRole, VolumeStatus};
+
+    use super::*;
+
+    struct Fixed;
+
+    impl StatusSource for Fixed {
+        fn node_status(&self) -> NodeStatus {
+            NodeStatus {
+                node: "alpha".into(),
+                volumes: vec![NamedStatus {
+                    name: "vol0".into(),
+                    status: VolumeStatus {
+                        role: VolumeRole::Primary,
+                        volume_uuid: "u".into(),
+                        generation: 7,
+                        lineage: vec![(7, 1)],
+                        written_lsn: 99,
+                        durable_lsn: 98,
+                        applied_lsn: 99,
+                        checkpoint_lsn: 50,
+                        consistent: true,
+                        sync_peer_loss_policy: Some("degrade".into()),
+                        peers: Vec::new(),
+                        upstream: None,
+                        last_error: None,
+                    },
+                }],
+            }
+        }
+    }
+
+    async fn start() -> (tempfile::TempDir, std::path::PathBuf, SocketGuard) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let (listener, guard) = bind(&path).unwrap();
+        tokio::spawn(serve(listener, Arc::new(Fixed)));
+        (dir, path, guard)
+    }
+
+    /// Sends raw bytes, returns the reply line.
+    fn raw(path: &Path, bytes: &[u8]) -> String {
+        let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(bytes).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line).unwrap();
+        line
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn status_round_trips_and_the_socket_is_private() {
+        let (_dir, path, _guard) = start().await;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
+        let p = path.clone();
+        let got = tokio::task::spawn_blocking(move || request(&p, &Request::Status))
+            .await
+            .unwrap()
+            .unwrap();
+        let want = Fixed.node_status();
+        assert_eq!(
+            serde_json::to_value(&got).unwrap(),
+            serde_json::to_value(&want).unwrap()
+        );
+        // The wire form: one JSON line with the volume's name flattened in.
+        let p = path.clone();
+        let line = tokio::task::spawn_blocking(move || raw(&p, b"{\"command\":\"status\"}\n"))
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["result"], "ok");
+        assert_eq!(v["volumes"][0]["name"], "vol0");
+        assert_eq!(v["volumes"][0]["written_lsn"], 99);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_and_oversized_requests_get_an_error_reply() {
+        let (_dir, path, _guard) = start().await;
+        for bytes in [
+            b"not json\n".to_vec(),
+            b"{\"command\":\"self-destruct\"}\n".to_vec(),
+            vec![b'x'; MAX_REQUEST_BYTES * 2],
+        ] {
+            let p = path.clone();
+            let line = tokio::task::spawn_blocking(move || raw(&p, &bytes))
+                .await
+                .unwrap();
+            let reply: Response = serde_json::from_str(&line).unwrap();
+            match reply {
+                Response::Error { message } => {
+                    assert!(message.starts_with("bad request"), "{message}")
+                }
+                Response::Ok(_) => panic!("a bad request was answered with a status"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_client_does_not_block_the_next_one() {
+        let (_dir, path, _guard) = start().await;
+        let idle = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let p = path.clone();
+        let started = std::time::Instant::now();
+        let got = tokio::task::spawn_blocking(move || request(&p, &Request::Status))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.node, "alpha");
+        assert!(started.elapsed() < CONTROL_REQUEST_TIMEOUT / 2);
+        drop(idle);
+    }
+
+    #[test]
+    fn no_daemon_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = request(&dir.path().join("none.sock"), &Request::Status).unwrap_err();
+        assert!(matches!(err, NodeError::Control { .. }), "{err}");
+        assert!(err.to_string().contains("is the daemon running"), "{err}");
+    }
+}

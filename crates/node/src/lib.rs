@@ -1,0 +1,18 @@
+//! The driftless node as a library: the configuration (`config`), the
+//! daemon that runs a node's volumes (`daemon`, `driftless run`), one volume
+//! served alone (`serve`), the control socket and its client (`control`),
+//! the status table (`render`), and the `BlockTarget` adapters the NBD server
+//! writes through (`targets`). The `driftless` binary is a thin CLI over it.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+mod error;
+pub mod nbd;
+pub mod open;
+pub mod render;
+pub mod serve;
+pub mod targets;
+pub mod units;
+
+pub use error::NodeError;

@@ -1,0 +1,101 @@
+//! Opening a volume and its store, the one way `serve` and `run` do it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use journal::JournalConfig;
+use store::{Store, StoreConfig};
+use uuid::Uuid;
+use volume::{EngineKind, Volume, VolumeOptions};
+
+use crate::error::NodeError;
+
+/// The journal signals space pressure (an early checkpoint) once its live
+/// segments fill this share of its cap.
+const PRESSURE_PERCENT: u64 = 75;
+
+/// One volume behind its journal, from `serve` arguments or a config's
+/// `[[volume]]`.
+#[derive(Clone, Debug)]
+pub struct StoreSpec {
+    /// The volume's name in logs and errors.
+    pub name: String,
+    pub path: PathBuf,
+    /// Required to create a file; must match an existing one.
+    pub size_bytes: Option<u64>,
+    pub engine: EngineKind,
+    pub journal_dir: PathBuf,
+    pub journal_size_bytes: u64,
+    pub journal_segment_bytes: u64,
+    pub max_batch_bytes: u64,
+    pub max_batch_wait: Duration,
+    pub checkpoint_interval: Duration,
+    pub region_bytes: u64,
+    /// The identity every node of the volume shares; `None` makes a new one
+    /// when the journal is created (`serve`).
+    pub volume_uuid: Option<Uuid>,
+}
+
+impl StoreSpec {
+    fn journal_config(&self) -> Result<JournalConfig, NodeError> {
+        let mut j = JournalConfig::new(&self.journal_dir);
+        j.capacity_bytes = self.journal_size_bytes;
+        j.segment_bytes = self.journal_segment_bytes;
+        j.max_batch_bytes = usize::try_from(self.max_batch_bytes)
+            .map_err(|_| NodeError::Config("max batch bytes too large".into()))?;
+        j.max_batch_wait = self.max_batch_wait;
+        j.region_bytes = self.region_bytes;
+        j.pressure_bytes = self.journal_size_bytes / 100 * PRESSURE_PERCENT;
+        Ok(j)
+    }
+}
+
+/// Opens (or creates, sparse) the backing file or device.
+pub fn open_volume(spec: &StoreSpec, read_only: bool) -> Result<Volume, NodeError> {
+    let opts = VolumeOptions {
+        size_bytes: spec.size_bytes,
+        engine: spec.engine,
+        read_only,
+        create: true,
+    };
+    let volume = Volume::open(&spec.path, opts).map_err(|cause| NodeError::Volume {
+        volume: format!("{} ({})", spec.name, spec.path.display()),
+        cause,
+    })?;
+    tracing::info!(
+        volume = %spec.name,
+        path = %spec.path.display(),
+        size_bytes = volume.size_bytes(),
+        engine = volume.engine_name(),
+        read_only,
+        "volume open"
+    );
+    Ok(volume)
+}
+
+/// Opens the journal beside `volume`, redoes it after its checkpoint and
+/// starts the checkpointer.
+pub async fn open_store(spec: &StoreSpec, volume: Volume) -> Result<Arc<Store>, NodeError> {
+    let config = StoreConfig {
+        journal: spec.journal_config()?,
+        checkpoint_interval: spec.checkpoint_interval,
+        volume_uuid: spec.volume_uuid,
+    };
+    let (store, report) = Store::open(volume, config)
+        .await
+        .map_err(|cause| NodeError::Store {
+            volume: format!("{} (journal {})", spec.name, spec.journal_dir.display()),
+            cause,
+        })?;
+    tracing::info!(
+        volume = %spec.name,
+        journal = %spec.journal_dir.display(),
+        volume_id = %store.volume_uuid(),
+        checkpoint_lsn = report.checkpoint_lsn,
+        redone_records = report.redone_records,
+        dropped_tail_bytes = report.dropped_tail_bytes,
+        "journal recovered"
+    );
+    Ok(store)
+}
