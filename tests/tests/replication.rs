@@ -160,16 +160,7 @@ fn sync_peer_holds_every_write_acknowledged_before_the_primary_died() {
     for round in 0..2 {
         let site = Site::temp().unwrap();
         let size = 64 * MIB;
-        let mut metro = start_secondary(&site, "metro", size, TCP);
-        let v = with_peer(
-            site.primary_volume("primary", size),
-            "metro",
-            SYNC,
-            TCP,
-            metro.tcp.unwrap(),
-        );
-        let mut primary = start(&site, "primary", v);
-        wait_connected(&primary, &["metro"], &[&metro]).unwrap();
+        let (mut primary, mut metro) = site.start_pair("metro", SYNC, TCP, size, |_| {}).unwrap();
 
         let blocks = 16384; // every 4 KiB block of 64 MiB
         let w = workload(
@@ -232,19 +223,13 @@ fn async_peer_killed_under_load_always_holds_a_prefix() {
     let site = Site::temp().unwrap();
     let size = 64 * MIB;
     let (blocks, stride) = (48u32, MIB);
-    let mut dr = start_secondary(&site, "dr", size, TCP);
     // Checkpoints every second keep the journal short: the peer's outages
     // (about a second each) must stay within it, or it would need a resync.
-    let mut v = with_peer(
-        site.primary_volume("primary", size),
-        "dr",
-        ASYNC,
-        TCP,
-        dr.tcp.unwrap(),
-    );
-    v.checkpoint_interval = Duration::from_secs(1);
-    let mut primary = start(&site, "primary", v);
-    wait_connected(&primary, &["dr"], &[&dr]).unwrap();
+    let (mut primary, mut dr) = site
+        .start_pair("dr", ASYNC, TCP, size, |v| {
+            v.checkpoint_interval = Duration::from_secs(1);
+        })
+        .unwrap();
     let fixed = site.write_config(&dr.fixed_config(), "fixed").unwrap();
     // The config on another port: restarting with it runs the journal's
     // recovery without the primary reaching the node.
@@ -340,16 +325,7 @@ fn ext4_written_on_the_primary_mounts_from_the_dr_copy() {
     require_tool("nbdfuse");
     let site = Site::temp().unwrap();
     let size = 128 * MIB;
-    let mut dr = start_secondary(&site, "dr", size, QUIC);
-    let v = with_peer(
-        site.primary_volume("primary", size),
-        "dr",
-        ASYNC,
-        QUIC,
-        dr.quic.unwrap(),
-    );
-    let mut primary = start(&site, "primary", v);
-    wait_connected(&primary, &["dr"], &[&dr]).unwrap();
+    let (mut primary, mut dr) = site.start_pair("dr", ASYNC, QUIC, size, |_| {}).unwrap();
 
     let payload_file = site.path("payload.bin");
     random_file(&payload_file, 12 * MIB as usize).unwrap();
@@ -841,20 +817,14 @@ fn peer_down_longer_than_the_journal_holds_is_resynced_from_its_bitmap() {
     require_tool("fio");
     let site = Site::temp().unwrap();
     let size = 256 * MIB;
-    let mut dr = start_secondary(&site, "dr", size, TCP);
-    let fixed = site.write_config(&dr.fixed_config(), "fixed").unwrap();
     // The smallest journal (3 segments of 64 MiB), checkpointed every second.
-    let mut v = with_peer(
-        site.primary_volume("primary", size),
-        "dr",
-        ASYNC,
-        TCP,
-        dr.tcp.unwrap(),
-    );
-    v.journal_size = 192 * MIB;
-    v.checkpoint_interval = Duration::from_secs(1);
-    let mut primary = start(&site, "primary", v);
-    wait_connected(&primary, &["dr"], &[&dr]).unwrap();
+    let (mut primary, mut dr) = site
+        .start_pair("dr", ASYNC, TCP, size, |v| {
+            v.journal_size = 192 * MIB;
+            v.checkpoint_interval = Duration::from_secs(1);
+        })
+        .unwrap();
+    let fixed = site.write_config(&dr.fixed_config(), "fixed").unwrap();
     dr.stop().unwrap();
 
     // 2 × 256 MiB written while the peer is down: far past the journal.

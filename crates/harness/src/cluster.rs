@@ -141,6 +141,35 @@ impl Site {
     ) -> Result<NodeProc> {
         self.start(&self.config(name, self.secondary_volume(name, size_bytes, via))?)
     }
+
+    /// A secondary `peer` and a primary "primary" shipping to it in `mode`
+    /// over `via`, connected. `tune` adjusts the primary's volume first.
+    pub fn start_pair(
+        &self,
+        peer: &str,
+        mode: PeerMode,
+        via: TransportKind,
+        size_bytes: u64,
+        tune: impl FnOnce(&mut VolumeSection),
+    ) -> Result<(NodeProc, NodeProc)> {
+        let secondary = self.start_secondary(peer, size_bytes, via)?;
+        let address = match via {
+            TransportKind::Tcp => secondary.tcp,
+            TransportKind::Quic => secondary.quic,
+        }
+        .expect("a secondary prints its listening address");
+        let mut v = with_peer(
+            self.primary_volume("primary", size_bytes),
+            peer,
+            mode,
+            via,
+            address,
+        );
+        tune(&mut v);
+        let primary = self.start(&self.config("primary", v)?)?;
+        wait_connected(&primary, &[peer], &[&secondary])?;
+        Ok((primary, secondary))
+    }
 }
 
 /// Adds a peer to a primary's volume.
