@@ -9,7 +9,7 @@
 //! cargo run --release -p transport --example quic_bulk -- [options]
 //!   --mib N            bytes to send, in MiB (default 256)
 //!   --chunk-kib K      size of each write (default 1024)
-//!   --framed           send wire ResyncChunk frames through FramedConn instead of raw bytes
+//!   --framed           send wire SyncOps (Data) frames through FramedConn instead of raw bytes
 //!   --reps N           repeat N times (fresh connection each), one line each (default 1)
 //!   --certs DIR        use DIR/{ca,pri,sec}.{pem,key} (driftless cert layout) instead of
 //!                      a throw-away CA
@@ -36,7 +36,7 @@ use bytes::Bytes;
 use transport::quinn::congestion::{BbrConfig, CubicConfig, NewRenoConfig};
 use transport::quinn::{EndpointConfig, MtuDiscoveryConfig, TransportConfig, VarInt};
 use transport::{create_ca, create_node_cert, FramedConn, QuicEndpoint, QuicTuning, TlsIdentity};
-use wire::{Limits, Message};
+use wire::{Limits, Message, SyncOp, SyncOpKind};
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -226,10 +226,13 @@ async fn one_rep(
         if framed {
             let mut f = FramedConn::new(recv, send, Limits::default());
             loop {
-                match f.recv().await? {
-                    Message::ResyncChunk { payload, .. } => received += payload.len() as u64,
-                    Message::ResyncDone => break,
+                let ops = match f.recv().await? {
+                    Message::SyncOps { ops } => ops,
                     other => return Err(format!("unexpected {other:?}").into()),
+                };
+                received += ops.iter().map(|op| op.data.len() as u64).sum::<u64>();
+                if ops.iter().any(|op| op.kind == SyncOpKind::End) {
+                    break;
                 }
             }
             f.send(&Message::FlushAck { lsn: received }).await?;
@@ -261,14 +264,22 @@ async fn one_rep(
     let start = Instant::now();
     let acked = if o.framed {
         let mut f = FramedConn::new(s.recv, s.send, Limits::default());
+        let digest = *blake3::hash(&payload).as_bytes();
+        let op = |seq: usize, kind, offset: usize, data: Bytes, blake3| SyncOp {
+            seq: seq as u64 + 1,
+            kind,
+            offset: offset as u64,
+            len: data.len() as u64,
+            data,
+            blake3,
+        };
         for i in 0..n_chunks {
-            f.write_message(&Message::ResyncChunk {
-                offset: (i * chunk_len) as u64,
-                payload: payload.clone(),
-            })
-            .await?;
+            let data = op(i, SyncOpKind::Data, i * chunk_len, payload.clone(), digest);
+            f.write_message(&Message::SyncOps { ops: vec![data] })
+                .await?;
         }
-        f.send(&Message::ResyncDone).await?;
+        let end = op(n_chunks, SyncOpKind::End, 0, Bytes::new(), [0; 32]);
+        f.send(&Message::SyncOps { ops: vec![end] }).await?;
         match f.recv().await? {
             Message::FlushAck { lsn } => lsn,
             other => return Err(format!("unexpected {other:?}").into()),

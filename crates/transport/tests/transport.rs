@@ -13,7 +13,8 @@ use transport::{
     TlsIdentity, TransportError,
 };
 use wire::{
-    ByeCode, Hello, Limits, LineageEntry, Message, RecordKind, Role, WireError, WireRecord,
+    ByeCode, DataState, Hello, Limits, LineageEntry, Message, RecordKind, Role, SyncOp, SyncOpKind,
+    WireError, WireRecord,
 };
 
 const STEP: Duration = Duration::from_secs(20);
@@ -72,9 +73,12 @@ fn sample_messages() -> Vec<Message> {
             lineage: vec![LineageEntry {
                 generation_id: 1,
                 start_lsn: 0,
+                unknown_before: false,
             }],
             role: Role::Primary,
             durable_lsn: 0,
+            data_state: DataState::Consistent,
+            overwrite: false,
         }),
         Message::Records {
             first_lsn: 1,
@@ -93,9 +97,15 @@ fn sample_messages() -> Vec<Message> {
             durable_lsn: 1,
             journaled_lsn: Some(1),
         },
-        Message::ResyncChunk {
-            offset: 4096,
-            payload: big,
+        Message::SyncOps {
+            ops: vec![SyncOp {
+                seq: 1,
+                kind: SyncOpKind::Data,
+                offset: 4096,
+                len: big.len() as u64,
+                blake3: *blake3::hash(&big).as_bytes(),
+                data: big,
+            }],
         },
         Message::Bye {
             code: ByeCode::Shutdown,
@@ -573,10 +583,20 @@ async fn quic_bulk_throughput_256_mib() {
         let s = server_ep.accept().await.expect("accept");
         let mut f = FramedConn::new(s.recv, s.send, Limits::default());
         let mut received = 0usize;
+        let mut done = false;
         loop {
             match f.recv().await {
-                Ok(Message::ResyncChunk { payload, .. }) => received += payload.len(),
-                Ok(Message::ResyncDone) => break,
+                Ok(Message::SyncOps { ops }) => {
+                    for op in ops {
+                        match op.kind {
+                            SyncOpKind::End => done = true,
+                            _ => received += op.data.len(),
+                        }
+                    }
+                    if done {
+                        break;
+                    }
+                }
                 Ok(other) => panic!("unexpected {other:?}"),
                 Err(e) => panic!("server recv: {e}"),
             }
@@ -594,16 +614,34 @@ async fn quic_bulk_throughput_256_mib() {
     let conn = s.connection.clone();
     let mut f = FramedConn::new(s.recv, s.send, Limits::default());
     let chunk = Bytes::from(vec![0x5au8; CHUNK_BYTES]);
+    let chunk_digest = *blake3::hash(&chunk).as_bytes();
     let start = Instant::now();
     for i in 0..TOTAL_BYTES / CHUNK_BYTES {
-        f.write_message(&Message::ResyncChunk {
-            offset: (i * CHUNK_BYTES) as u64,
-            payload: chunk.clone(),
+        f.write_message(&Message::SyncOps {
+            ops: vec![SyncOp {
+                seq: i as u64 + 1,
+                kind: SyncOpKind::Data,
+                offset: (i * CHUNK_BYTES) as u64,
+                len: CHUNK_BYTES as u64,
+                data: chunk.clone(),
+                blake3: chunk_digest,
+            }],
         })
         .await
         .expect("send");
     }
-    f.send(&Message::ResyncDone).await.expect("done");
+    f.send(&Message::SyncOps {
+        ops: vec![SyncOp {
+            seq: (TOTAL_BYTES / CHUNK_BYTES) as u64 + 1,
+            kind: SyncOpKind::End,
+            offset: 0,
+            len: 0,
+            data: Bytes::new(),
+            blake3: [0; 32],
+        }],
+    })
+    .await
+    .expect("end");
     let ack = timeout(Duration::from_secs(300), f.recv())
         .await
         .expect("timeout")

@@ -16,16 +16,18 @@ pub use frame::{
 };
 pub use lineage::{check_hello, compare_lineage, LineageOrder, Mismatch};
 pub use message::{
-    ByeCode, Hello, LineageEntry, Message, MessageType, RecordKind, RefuseCode, Role, WireRecord,
-    LINEAGE_ENTRY_BYTES, RECORD_HEADER_BYTES,
+    ByeCode, DataState, Hello, LineageEntry, Message, MessageType, RecordKind, RefuseCode, Role,
+    Rollback, SyncOp, SyncOpKind, WireRecord, LINEAGE_ENTRY_BYTES, RECORD_HEADER_BYTES,
+    SYNC_OP_HEADER_BYTES,
 };
 
 /// Frame magic: the bytes `DRLS` on the wire.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DRLS");
-/// Highest protocol version this build speaks (and sends).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Highest protocol version this build speaks (and sends). Version 2: data
+/// states, lineage flags and resync operations.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Lowest protocol version this build accepts.
-pub const PROTOCOL_VERSION_MIN: u16 = 1;
+pub const PROTOCOL_VERSION_MIN: u16 = 2;
 /// magic(4) version(2) type(2) flags(4) payload_len(4) crc32(4).
 pub const FRAME_HEADER_BYTES: usize = 20;
 /// Node ids are length-prefixed by one byte.

@@ -3,7 +3,7 @@
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::message::{Hello, LineageEntry, Role};
+use crate::message::{Hello, LineageEntry};
 
 /// How two lineages (oldest generation first) relate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,13 +22,16 @@ pub enum LineageOrder {
         common_generation: Option<u64>,
         common_lsn: u64,
     },
-    /// Both sides started generations the other does not know: split brain.
-    /// `common_generation` is the last shared generation (None: no shared history);
-    /// `common_lsn` is the earliest LSN at which the two histories part.
+    /// Both sides started generations the other does not know after a
+    /// shared one: split brain. `common_generation` is the last shared
+    /// generation; `common_lsn` is the earliest LSN at which the histories part.
     Diverged {
-        common_generation: Option<u64>,
+        common_generation: u64,
         common_lsn: u64,
     },
+    /// Both have histories and share no generation: two different volumes
+    /// (or one whose history was lost and restarted).
+    Unrelated,
 }
 
 /// Compare two lineages entry by entry (generation id and start LSN must both match).
@@ -45,9 +48,12 @@ pub fn compare_lineage(a: &[LineageEntry], b: &[LineageEntry]) -> LineageOrder {
             common_generation,
             common_lsn: next_a.start_lsn,
         },
-        (Some(next_a), Some(next_b)) => LineageOrder::Diverged {
-            common_generation,
-            common_lsn: next_a.start_lsn.min(next_b.start_lsn),
+        (Some(next_a), Some(next_b)) => match common_generation {
+            None => LineageOrder::Unrelated,
+            Some(common_generation) => LineageOrder::Diverged {
+                common_generation,
+                common_lsn: next_a.start_lsn.min(next_b.start_lsn),
+            },
         },
     }
 }
@@ -63,20 +69,12 @@ pub enum Mismatch {
     VolumeSize { local_bytes: u64, remote_bytes: u64 },
     #[error("region size mismatch: local {local_bytes} bytes, remote {remote_bytes} bytes (dirty bitmaps would not line up)")]
     RegionSize { local_bytes: u64, remote_bytes: u64 },
-    #[error("both nodes claim to be primary of the same generation")]
-    BothPrimary,
-    #[error(
-        "lineages diverged after generation {common_generation:?} at lsn {common_lsn}: split brain"
-    )]
-    LineageDiverged {
-        common_generation: Option<u64>,
-        common_lsn: u64,
-    },
 }
 
-/// Can `local` and `remote` replicate? Same lineage or an ancestor relation is fine
-/// (the caller runs [`compare_lineage`] to pick the resync direction); anything else
-/// is named. Checks run from most to least fundamental.
+/// Can `local` and `remote` replicate at all: same protocol version, volume,
+/// size and region size? Checks run from most to least fundamental. How
+/// their histories relate (and so what to do) is the caller's decision, from
+/// [`compare_lineage`].
 pub fn check_hello(local: &Hello, remote: &Hello) -> Result<(), Mismatch> {
     if local.protocol_version != remote.protocol_version {
         return Err(Mismatch::Version {
@@ -102,17 +100,5 @@ pub fn check_hello(local: &Hello, remote: &Hello) -> Result<(), Mismatch> {
             remote_bytes: remote.region_bytes,
         });
     }
-    match compare_lineage(&local.lineage, &remote.lineage) {
-        LineageOrder::Diverged {
-            common_generation,
-            common_lsn,
-        } => Err(Mismatch::LineageDiverged {
-            common_generation,
-            common_lsn,
-        }),
-        LineageOrder::Same if local.role == Role::Primary && remote.role == Role::Primary => {
-            Err(Mismatch::BothPrimary)
-        }
-        _ => Ok(()),
-    }
+    Ok(())
 }

@@ -19,8 +19,12 @@ pub enum MessageType {
     FlushAck = 0x0013,
     Ping = 0x0020,
     Pong = 0x0021,
-    ResyncChunk = 0x0030,
-    ResyncDone = 0x0031,
+    ResyncBegin = 0x0030,
+    ResyncBeginAck = 0x0031,
+    SyncOps = 0x0032,
+    SyncAck = 0x0033,
+    SyncNeed = 0x0034,
+    VerifyMismatch = 0x0035,
     Bye = 0x0040,
 }
 
@@ -36,8 +40,12 @@ impl MessageType {
             0x0013 => Self::FlushAck,
             0x0020 => Self::Ping,
             0x0021 => Self::Pong,
-            0x0030 => Self::ResyncChunk,
-            0x0031 => Self::ResyncDone,
+            0x0030 => Self::ResyncBegin,
+            0x0031 => Self::ResyncBeginAck,
+            0x0032 => Self::SyncOps,
+            0x0033 => Self::SyncAck,
+            0x0034 => Self::SyncNeed,
+            0x0035 => Self::VerifyMismatch,
             0x0040 => Self::Bye,
             _ => return None,
         })
@@ -72,6 +80,39 @@ impl Role {
 pub struct LineageEntry {
     pub generation_id: u64,
     pub start_lsn: u64,
+    /// The generation began over data of unknown history (a journal created
+    /// on a volume that already held data): a peer whose lineage is
+    /// unrelated may still be a copy of that data, so it is compared and
+    /// resynced rather than refused.
+    pub unknown_before: bool,
+}
+
+/// Whether a node's copy is a prefix of its lineage's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataState {
+    /// Exactly the volume as of its last applied LSN.
+    Consistent,
+    /// A resync was interrupted or has not finished: not a prefix.
+    Inconsistent,
+}
+
+impl DataState {
+    fn to_u8(self) -> u8 {
+        match self {
+            DataState::Consistent => 1,
+            DataState::Inconsistent => 2,
+        }
+    }
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        match v {
+            1 => Ok(DataState::Consistent),
+            2 => Ok(DataState::Inconsistent),
+            _ => Err(malformed(
+                "hello.data_state",
+                "not 1 (consistent) or 2 (inconsistent)",
+            )),
+        }
+    }
 }
 
 /// Handshake message; also the body of `HelloAck` (the acceptor's own view).
@@ -86,7 +127,12 @@ pub struct Hello {
     /// Oldest generation first; `start_lsn` never decreases.
     pub lineage: Vec<LineageEntry>,
     pub role: Role,
+    /// A secondary: the last LSN its journal holds; a primary: its durable LSN.
     pub durable_lsn: u64,
+    pub data_state: DataState,
+    /// Sent by a primary whose operator asked to overwrite this peer
+    /// (`resync --full`): an unrelated history is replaced, not refused.
+    pub overwrite: bool,
 }
 
 /// Why a handshake was refused. Unknown codes are kept, so newer peers can add codes.
@@ -100,6 +146,11 @@ pub enum RefuseCode {
     RoleConflict,
     Busy,
     NotAllowed,
+    /// The peer holds another history of this volume (no common
+    /// generation): nothing is written until an operator asks to overwrite.
+    UnrelatedData,
+    /// The Hello names another node than the verified certificate.
+    IdentityMismatch,
     Other(u16),
 }
 
@@ -114,6 +165,8 @@ impl RefuseCode {
             Self::RoleConflict => 6,
             Self::Busy => 7,
             Self::NotAllowed => 8,
+            Self::UnrelatedData => 9,
+            Self::IdentityMismatch => 10,
             Self::Other(v) => v,
         }
     }
@@ -127,6 +180,8 @@ impl RefuseCode {
             6 => Self::RoleConflict,
             7 => Self::Busy,
             8 => Self::NotAllowed,
+            9 => Self::UnrelatedData,
+            10 => Self::IdentityMismatch,
             other => Self::Other(other),
         }
     }
@@ -214,6 +269,76 @@ pub struct WireRecord {
     pub blake3: [u8; 32],
 }
 
+/// What a resync or verify operation does on the target. Operations travel
+/// in the same ordered stream as records: the target applies each one after
+/// every record sent before it, so an operation never overtakes a newer
+/// write to its range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SyncOpKind {
+    /// Write `data` (`len` bytes, BLAKE3 `blake3`) at `offset`.
+    Data,
+    /// Make the range read as zeroes (a hole on the source: punched).
+    Zero,
+    /// `blake3` is the source's digest of the range: equal, nothing to do;
+    /// different, the target asks for it with `SyncNeed`.
+    Check,
+    /// As `Check`, but a difference is reported (`VerifyMismatch`), not fixed.
+    Verify,
+    /// The last operation of a resync: once it is durable, the target's copy
+    /// is consistent.
+    End,
+}
+
+impl SyncOpKind {
+    fn to_u8(self) -> u8 {
+        match self {
+            Self::Data => 1,
+            Self::Zero => 2,
+            Self::Check => 3,
+            Self::Verify => 4,
+            Self::End => 5,
+        }
+    }
+    fn from_u8(v: u8) -> Result<Self, WireError> {
+        Ok(match v {
+            1 => Self::Data,
+            2 => Self::Zero,
+            3 => Self::Check,
+            4 => Self::Verify,
+            5 => Self::End,
+            _ => return Err(malformed("sync_op.kind", "unknown operation kind")),
+        })
+    }
+}
+
+/// One resync or verify operation. `seq` increases by one per operation of
+/// a session; `SyncAck{seq}` acknowledges every operation up to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncOp {
+    pub seq: u64,
+    pub kind: SyncOpKind,
+    pub offset: u64,
+    pub len: u64,
+    /// `len` bytes for `Data`, empty otherwise. A slice of the received frame.
+    pub data: Bytes,
+    /// `Data`: BLAKE3 of `data`; `Check`/`Verify`: the source's digest of the
+    /// range; zero otherwise.
+    pub blake3: [u8; 32],
+}
+
+/// What the target of a resync could tell about its own diverged records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rollback {
+    /// No rollback was asked for.
+    None,
+    /// It sent a `SyncNeed` for each range its records since the fork
+    /// touched (this many), before this message.
+    Listed { ranges: u64 },
+    /// Its journal no longer holds those records: every range must be
+    /// compared.
+    Unknown,
+}
+
 /// A decoded (or to-be-encoded) replication message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
@@ -243,11 +368,43 @@ pub enum Message {
     Pong {
         nonce: u64,
     },
-    ResyncChunk {
-        offset: u64,
-        payload: Bytes,
+    /// Primary → secondary, before any record of a session that resyncs:
+    /// the target becomes inconsistent, takes `lineage`, restarts its
+    /// journal at `stream_from_lsn` and, with `rollback_from_lsn`, lists the
+    /// ranges its own records from that LSN touched (they are not the
+    /// primary's history).
+    ResyncBegin {
+        job: u64,
+        stream_from_lsn: u64,
+        /// Ranges the primary will send or compare (for progress).
+        ranges: u64,
+        compare: bool,
+        rollback_from_lsn: Option<u64>,
+        lineage: Vec<LineageEntry>,
     },
-    ResyncDone,
+    /// Secondary → primary: ready; the stream may continue.
+    ResyncBeginAck {
+        job: u64,
+        rollback: Rollback,
+    },
+    SyncOps {
+        ops: Vec<SyncOp>,
+    },
+    /// Every operation up to `seq` is applied and durable on the target.
+    SyncAck {
+        seq: u64,
+    },
+    /// The target wants this range's data.
+    SyncNeed {
+        offset: u64,
+        len: u64,
+    },
+    /// A `Verify` operation found the range different.
+    VerifyMismatch {
+        seq: u64,
+        offset: u64,
+        len: u64,
+    },
     Bye {
         code: ByeCode,
         text: String,
@@ -266,8 +423,12 @@ impl Message {
             Message::FlushAck { .. } => MessageType::FlushAck,
             Message::Ping { .. } => MessageType::Ping,
             Message::Pong { .. } => MessageType::Pong,
-            Message::ResyncChunk { .. } => MessageType::ResyncChunk,
-            Message::ResyncDone => MessageType::ResyncDone,
+            Message::ResyncBegin { .. } => MessageType::ResyncBegin,
+            Message::ResyncBeginAck { .. } => MessageType::ResyncBeginAck,
+            Message::SyncOps { .. } => MessageType::SyncOps,
+            Message::SyncAck { .. } => MessageType::SyncAck,
+            Message::SyncNeed { .. } => MessageType::SyncNeed,
+            Message::VerifyMismatch { .. } => MessageType::VerifyMismatch,
             Message::Bye { .. } => MessageType::Bye,
         }
     }
@@ -276,7 +437,9 @@ impl Message {
 /// Fixed bytes of one record inside `Records`, before its payload.
 pub const RECORD_HEADER_BYTES: usize = 8 + 8 + 1 + 8 + 8 + 32;
 /// Fixed bytes of one lineage entry.
-pub const LINEAGE_ENTRY_BYTES: usize = 16;
+pub const LINEAGE_ENTRY_BYTES: usize = 17;
+/// Fixed bytes of one operation inside `SyncOps`, before its data.
+pub const SYNC_OP_HEADER_BYTES: usize = 8 + 1 + 8 + 8 + 32;
 
 /// Payloads at or below this size are copied into the metadata chunk rather than
 /// sent as their own iovec: a syscall slot costs more than a small memcpy.
@@ -354,31 +517,48 @@ fn encode_hello(w: &mut ChunkWriter, h: &Hello, limits: &Limits) -> Result<(), W
     if h.node_id.is_empty() || h.node_id.len() > crate::MAX_NODE_ID_BYTES {
         return Err(unencodable("hello.node_id", "must be 1..=255 bytes"));
     }
-    if h.lineage.len() > limits.max_lineage_entries as usize {
-        return Err(unencodable(
-            "hello.lineage",
-            "more entries than max_lineage_entries",
-        ));
-    }
-    validate_lineage(&h.lineage).map_err(|_| {
-        unencodable(
-            "hello.lineage",
-            "start_lsn must not decrease and generation ids must be unique",
-        )
-    })?;
     w.put_u16(h.protocol_version);
     w.put_u8(h.role.to_u8());
-    w.put_u8(0); // reserved
+    w.put_u8(if h.overwrite { HELLO_FLAG_OVERWRITE } else { 0 });
     w.put_u8(h.node_id.len() as u8);
     w.put_slice(h.node_id.as_bytes());
     w.put_slice(h.volume_uuid.as_bytes());
     w.put_u64(h.volume_size_bytes);
     w.put_u64(h.region_bytes);
     w.put_u64(h.durable_lsn);
-    w.put_u16(h.lineage.len() as u16);
-    for e in &h.lineage {
+    w.put_u8(h.data_state.to_u8());
+    encode_lineage(w, &h.lineage, limits, "hello.lineage")
+}
+
+/// Hello flag: the primary's operator asked to overwrite this peer.
+const HELLO_FLAG_OVERWRITE: u8 = 1;
+/// Lineage entry flag: see [`LineageEntry::unknown_before`].
+const LINEAGE_FLAG_UNKNOWN_BEFORE: u8 = 1;
+
+fn encode_lineage(
+    w: &mut ChunkWriter,
+    lineage: &[LineageEntry],
+    limits: &Limits,
+    field: &'static str,
+) -> Result<(), WireError> {
+    if lineage.len() > limits.max_lineage_entries as usize {
+        return Err(unencodable(field, "more entries than max_lineage_entries"));
+    }
+    validate_lineage(lineage).map_err(|_| {
+        unencodable(
+            field,
+            "start_lsn must not decrease and generation ids must be unique",
+        )
+    })?;
+    w.put_u16(lineage.len() as u16);
+    for e in lineage {
         w.put_u64(e.generation_id);
         w.put_u64(e.start_lsn);
+        w.put_u8(if e.unknown_before {
+            LINEAGE_FLAG_UNKNOWN_BEFORE
+        } else {
+            0
+        });
     }
     Ok(())
 }
@@ -483,24 +663,147 @@ pub(crate) fn encode_payload(
         }
         Message::Flush { lsn } | Message::FlushAck { lsn } => w.put_u64(*lsn),
         Message::Ping { nonce } | Message::Pong { nonce } => w.put_u64(*nonce),
-        Message::ResyncChunk { offset, payload } => {
-            if offset.checked_add(payload.len() as u64).is_none() {
-                return Err(unencodable("resync.offset", "offset + len overflows u64"));
+        Message::ResyncBegin {
+            job,
+            stream_from_lsn,
+            ranges,
+            compare,
+            rollback_from_lsn,
+            lineage,
+        } => {
+            if *stream_from_lsn == 0 {
+                return Err(unencodable(
+                    "resync_begin.stream_from_lsn",
+                    "LSNs start at 1",
+                ));
             }
-            w.put_u64(*offset);
-            w.put_u32(
-                u32::try_from(payload.len())
-                    .map_err(|_| unencodable("resync.payload", "longer than u32"))?,
-            );
-            w.put_data(payload);
+            w.put_u64(*job);
+            w.put_u64(*stream_from_lsn);
+            w.put_u64(*ranges);
+            w.put_u8(u8::from(*compare));
+            w.put_u64(rollback_from_lsn.unwrap_or(0));
+            encode_lineage(w, lineage, limits, "resync_begin.lineage")?;
         }
-        Message::ResyncDone => {}
+        Message::ResyncBeginAck { job, rollback } => {
+            w.put_u64(*job);
+            let (tag, ranges) = match rollback {
+                Rollback::None => (0, 0),
+                Rollback::Listed { ranges } => (1, *ranges),
+                Rollback::Unknown => (2, 0),
+            };
+            w.put_u8(tag);
+            w.put_u64(ranges);
+        }
+        Message::SyncOps { ops } => {
+            if ops.len() > limits.max_records_per_batch as usize {
+                return Err(unencodable(
+                    "sync_ops",
+                    "more operations than max_records_per_batch",
+                ));
+            }
+            if ops.windows(2).any(|p| p[1].seq <= p[0].seq) {
+                return Err(unencodable(
+                    "sync_ops",
+                    "operation seqs must strictly increase",
+                ));
+            }
+            w.put_u32(ops.len() as u32);
+            for op in ops {
+                encode_sync_op(w, op)?;
+            }
+        }
+        Message::SyncAck { seq } => w.put_u64(*seq),
+        Message::SyncNeed { offset, len } => {
+            check_range(*offset, *len).map_err(|r| unencodable("sync_need", r))?;
+            w.put_u64(*offset);
+            w.put_u64(*len);
+        }
+        Message::VerifyMismatch { seq, offset, len } => {
+            check_range(*offset, *len).map_err(|r| unencodable("verify_mismatch", r))?;
+            w.put_u64(*seq);
+            w.put_u64(*offset);
+            w.put_u64(*len);
+        }
         Message::Bye { code, text } => {
             w.put_u16(code.to_u16());
             put_text(w, "bye.text", text, limits.max_text_bytes as usize)?;
         }
     }
     Ok(())
+}
+
+/// A range is non-empty and does not overflow.
+fn check_range(offset: u64, len: u64) -> Result<(), &'static str> {
+    if len == 0 {
+        return Err("empty range");
+    }
+    if offset.checked_add(len).is_none() {
+        return Err("offset + len overflows u64");
+    }
+    Ok(())
+}
+
+fn encode_sync_op(w: &mut ChunkWriter, op: &SyncOp) -> Result<(), WireError> {
+    match op.kind {
+        SyncOpKind::Data => {
+            if op.data.len() as u64 != op.len {
+                return Err(unencodable("sync_op.data", "data length differs from len"));
+            }
+            check_range(op.offset, op.len).map_err(|r| unencodable("sync_op", r))?;
+        }
+        SyncOpKind::Zero | SyncOpKind::Check | SyncOpKind::Verify => {
+            if !op.data.is_empty() {
+                return Err(unencodable("sync_op.data", "only Data carries data"));
+            }
+            check_range(op.offset, op.len).map_err(|r| unencodable("sync_op", r))?;
+        }
+        SyncOpKind::End => {
+            if op.offset != 0 || op.len != 0 || !op.data.is_empty() {
+                return Err(unencodable("sync_op", "End has zero offset, len and data"));
+            }
+        }
+    }
+    w.put_u64(op.seq);
+    w.put_u8(op.kind.to_u8());
+    w.put_u64(op.offset);
+    w.put_u64(op.len);
+    w.put_slice(&op.blake3);
+    if op.kind == SyncOpKind::Data {
+        w.put_data(&op.data);
+    }
+    Ok(())
+}
+
+fn decode_sync_op(r: &mut Reader) -> Result<SyncOp, WireError> {
+    let seq = r.u64("sync_op.seq")?;
+    let kind = SyncOpKind::from_u8(r.u8("sync_op.kind")?)?;
+    let offset = r.u64("sync_op.offset")?;
+    let len = r.u64("sync_op.len")?;
+    let blake3 = r.array::<32>("sync_op.blake3")?;
+    let data = match kind {
+        SyncOpKind::End => {
+            if offset != 0 || len != 0 {
+                return Err(malformed("sync_op", "End with a non-zero range"));
+            }
+            Bytes::new()
+        }
+        other => {
+            check_range(offset, len).map_err(|reason| malformed("sync_op", reason))?;
+            if other == SyncOpKind::Data {
+                r.data(len, "sync_op.data")?
+            } else {
+                Bytes::new()
+            }
+        }
+    };
+    Ok(SyncOp {
+        seq,
+        kind,
+        offset,
+        len,
+        data,
+        blake3,
+    })
 }
 
 fn check_record_order(first_lsn: u64, records: &[WireRecord]) -> Result<(), &'static str> {
@@ -584,8 +887,9 @@ impl Reader {
 fn decode_hello(r: &mut Reader, limits: &Limits) -> Result<Hello, WireError> {
     let protocol_version = r.u16("hello.protocol_version")?;
     let role = Role::from_u8(r.u8("hello.role")?)?;
-    if r.u8("hello.reserved")? != 0 {
-        return Err(malformed("hello.reserved", "must be zero"));
+    let flags = r.u8("hello.flags")?;
+    if flags & !HELLO_FLAG_OVERWRITE != 0 {
+        return Err(malformed("hello.flags", "unknown flag bits set"));
     }
     let id_len = r.u8("hello.node_id")? as usize;
     if id_len == 0 {
@@ -597,32 +901,8 @@ fn decode_hello(r: &mut Reader, limits: &Limits) -> Result<Hello, WireError> {
     let volume_size_bytes = r.u64("hello.volume_size_bytes")?;
     let region_bytes = r.u64("hello.region_bytes")?;
     let durable_lsn = r.u64("hello.durable_lsn")?;
-    let count = r.u16("hello.lineage_count")? as usize;
-    if count > limits.max_lineage_entries as usize {
-        return Err(malformed(
-            "hello.lineage_count",
-            "more entries than max_lineage_entries",
-        ));
-    }
-    if r.remaining() < count * LINEAGE_ENTRY_BYTES {
-        return Err(malformed(
-            "hello.lineage",
-            "payload ends inside the lineage",
-        ));
-    }
-    let mut lineage = Vec::with_capacity(count);
-    for _ in 0..count {
-        lineage.push(LineageEntry {
-            generation_id: r.u64("hello.lineage.generation_id")?,
-            start_lsn: r.u64("hello.lineage.start_lsn")?,
-        });
-    }
-    validate_lineage(&lineage).map_err(|_| {
-        malformed(
-            "hello.lineage",
-            "start_lsn decreases or a generation id repeats",
-        )
-    })?;
+    let data_state = DataState::from_u8(r.u8("hello.data_state")?)?;
+    let lineage = decode_lineage(r, limits, "hello.lineage")?;
     Ok(Hello {
         protocol_version,
         node_id,
@@ -632,7 +912,40 @@ fn decode_hello(r: &mut Reader, limits: &Limits) -> Result<Hello, WireError> {
         lineage,
         role,
         durable_lsn,
+        data_state,
+        overwrite: flags & HELLO_FLAG_OVERWRITE != 0,
     })
+}
+
+fn decode_lineage(
+    r: &mut Reader,
+    limits: &Limits,
+    field: &'static str,
+) -> Result<Vec<LineageEntry>, WireError> {
+    let count = r.u16(field)? as usize;
+    if count > limits.max_lineage_entries as usize {
+        return Err(malformed(field, "more entries than max_lineage_entries"));
+    }
+    if r.remaining() < count * LINEAGE_ENTRY_BYTES {
+        return Err(malformed(field, "payload ends inside the lineage"));
+    }
+    let mut lineage = Vec::with_capacity(count);
+    for _ in 0..count {
+        let generation_id = r.u64(field)?;
+        let start_lsn = r.u64(field)?;
+        let flags = r.u8(field)?;
+        if flags & !LINEAGE_FLAG_UNKNOWN_BEFORE != 0 {
+            return Err(malformed(field, "unknown lineage flag bits set"));
+        }
+        lineage.push(LineageEntry {
+            generation_id,
+            start_lsn,
+            unknown_before: flags & LINEAGE_FLAG_UNKNOWN_BEFORE != 0,
+        });
+    }
+    validate_lineage(&lineage)
+        .map_err(|_| malformed(field, "start_lsn decreases or a generation id repeats"))?;
+    Ok(lineage)
 }
 
 fn decode_record(r: &mut Reader) -> Result<WireRecord, WireError> {
@@ -733,18 +1046,91 @@ pub(crate) fn decode_payload(
         MessageType::Pong => Message::Pong {
             nonce: r.u64("pong.nonce")?,
         },
-        MessageType::ResyncChunk => {
-            let offset = r.u64("resync.offset")?;
-            let len = r.u32("resync.len")?;
-            if offset.checked_add(u64::from(len)).is_none() {
-                return Err(malformed("resync.offset", "offset + len overflows u64"));
+        MessageType::ResyncBegin => {
+            let job = r.u64("resync_begin.job")?;
+            let stream_from_lsn = r.u64("resync_begin.stream_from_lsn")?;
+            if stream_from_lsn == 0 {
+                return Err(malformed("resync_begin.stream_from_lsn", "LSNs start at 1"));
             }
-            Message::ResyncChunk {
-                offset,
-                payload: r.data(u64::from(len), "resync.payload")?,
+            let ranges = r.u64("resync_begin.ranges")?;
+            let compare = match r.u8("resync_begin.compare")? {
+                0 => false,
+                1 => true,
+                _ => return Err(malformed("resync_begin.compare", "must be 0 or 1")),
+            };
+            let rollback_from_lsn = match r.u64("resync_begin.rollback_from_lsn")? {
+                0 => None,
+                lsn => Some(lsn),
+            };
+            let lineage = decode_lineage(&mut r, limits, "resync_begin.lineage")?;
+            Message::ResyncBegin {
+                job,
+                stream_from_lsn,
+                ranges,
+                compare,
+                rollback_from_lsn,
+                lineage,
             }
         }
-        MessageType::ResyncDone => Message::ResyncDone,
+        MessageType::ResyncBeginAck => {
+            let job = r.u64("resync_begin_ack.job")?;
+            let tag = r.u8("resync_begin_ack.rollback")?;
+            let ranges = r.u64("resync_begin_ack.ranges")?;
+            let rollback = match (tag, ranges) {
+                (0, 0) => Rollback::None,
+                (1, ranges) => Rollback::Listed { ranges },
+                (2, 0) => Rollback::Unknown,
+                _ => {
+                    return Err(malformed(
+                        "resync_begin_ack.rollback",
+                        "unknown rollback kind or ranges with none/unknown",
+                    ))
+                }
+            };
+            Message::ResyncBeginAck { job, rollback }
+        }
+        MessageType::SyncOps => {
+            let count = r.u32("sync_ops.count")?;
+            if count > limits.max_records_per_batch {
+                return Err(malformed(
+                    "sync_ops.count",
+                    "more operations than max_records_per_batch",
+                ));
+            }
+            if (r.remaining() as u64) < u64::from(count) * SYNC_OP_HEADER_BYTES as u64 {
+                return Err(malformed(
+                    "sync_ops.count",
+                    "payload too short for this many operations",
+                ));
+            }
+            let mut ops = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                ops.push(decode_sync_op(&mut r)?);
+            }
+            if ops.windows(2).any(|p| p[1].seq <= p[0].seq) {
+                return Err(malformed(
+                    "sync_ops",
+                    "operation seqs must strictly increase",
+                ));
+            }
+            Message::SyncOps { ops }
+        }
+        MessageType::SyncAck => Message::SyncAck {
+            seq: r.u64("sync_ack.seq")?,
+        },
+        MessageType::SyncNeed => {
+            let offset = r.u64("sync_need.offset")?;
+            let len = r.u64("sync_need.len")?;
+            check_range(offset, len).map_err(|reason| malformed("sync_need", reason))?;
+            Message::SyncNeed { offset, len }
+        }
+        MessageType::VerifyMismatch => {
+            let seq = r.u64("verify_mismatch.seq")?;
+            let offset = r.u64("verify_mismatch.offset")?;
+            let len = r.u64("verify_mismatch.len")?;
+            check_range(offset, len).map_err(|reason| malformed("verify_mismatch", reason))?;
+            Message::VerifyMismatch { seq, offset, len }
+        }
         MessageType::Bye => Message::Bye {
             code: ByeCode::from_u16(r.u16("bye.code")?),
             text: r.text("bye.text", max_text)?,

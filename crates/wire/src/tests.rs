@@ -15,14 +15,18 @@ fn hello() -> Hello {
             LineageEntry {
                 generation_id: 7,
                 start_lsn: 0,
+                unknown_before: true,
             },
             LineageEntry {
                 generation_id: 9,
                 start_lsn: 1000,
+                unknown_before: false,
             },
         ],
         role: Role::Primary,
         durable_lsn: 1234,
+        data_state: DataState::Consistent,
+        overwrite: false,
     }
 }
 
@@ -113,15 +117,88 @@ fn all_messages() -> Vec<Message> {
         Message::FlushAck { lsn: 77 },
         Message::Ping { nonce: u64::MAX },
         Message::Pong { nonce: 0 },
-        Message::ResyncChunk {
-            offset: 1 << 40,
-            payload: big,
+        Message::ResyncBegin {
+            job: 3,
+            stream_from_lsn: 1001,
+            ranges: 1 << 24,
+            compare: true,
+            rollback_from_lsn: Some(990),
+            lineage: hello().lineage,
         },
-        Message::ResyncChunk {
-            offset: 0,
-            payload: Bytes::from_static(b"small"),
+        Message::ResyncBegin {
+            job: 4,
+            stream_from_lsn: 1,
+            ranges: 0,
+            compare: false,
+            rollback_from_lsn: None,
+            lineage: Vec::new(),
         },
-        Message::ResyncDone,
+        Message::ResyncBeginAck {
+            job: 3,
+            rollback: Rollback::Listed { ranges: 12 },
+        },
+        Message::ResyncBeginAck {
+            job: 4,
+            rollback: Rollback::Unknown,
+        },
+        Message::ResyncBeginAck {
+            job: 5,
+            rollback: Rollback::None,
+        },
+        Message::SyncOps {
+            ops: vec![
+                SyncOp {
+                    seq: 1,
+                    kind: SyncOpKind::Data,
+                    offset: 1 << 40,
+                    len: big.len() as u64,
+                    blake3: *blake3::hash(&big).as_bytes(),
+                    data: big,
+                },
+                SyncOp {
+                    seq: 2,
+                    kind: SyncOpKind::Zero,
+                    offset: 0,
+                    len: 65536,
+                    data: Bytes::new(),
+                    blake3: [0; 32],
+                },
+                SyncOp {
+                    seq: 5,
+                    kind: SyncOpKind::Check,
+                    offset: 65536,
+                    len: 65536,
+                    data: Bytes::new(),
+                    blake3: [7; 32],
+                },
+                SyncOp {
+                    seq: 6,
+                    kind: SyncOpKind::Verify,
+                    offset: 1 << 20,
+                    len: 4096,
+                    data: Bytes::new(),
+                    blake3: [9; 32],
+                },
+                SyncOp {
+                    seq: 7,
+                    kind: SyncOpKind::End,
+                    offset: 0,
+                    len: 0,
+                    data: Bytes::new(),
+                    blake3: [0; 32],
+                },
+            ],
+        },
+        Message::SyncAck { seq: 7 },
+        Message::SyncNeed {
+            offset: 65536,
+            len: 65536,
+        },
+        Message::VerifyMismatch {
+            seq: 6,
+            offset: 1 << 20,
+            len: 4096,
+        },
         Message::Bye {
             code: ByeCode::Shutdown,
             text: "bye".into(),
@@ -153,9 +230,15 @@ fn every_message_roundtrips() {
 #[test]
 fn large_payloads_are_not_copied_on_encode_or_decode() {
     let data = Bytes::from(vec![7u8; 64 * 1024]);
-    let msg = Message::ResyncChunk {
-        offset: 0,
-        payload: data.clone(),
+    let msg = Message::SyncOps {
+        ops: vec![SyncOp {
+            seq: 1,
+            kind: SyncOpKind::Data,
+            offset: 0,
+            len: data.len() as u64,
+            data: data.clone(),
+            blake3: [0; 32],
+        }],
     };
     let frame = encode_frame(&msg, &Limits::default()).unwrap();
     assert!(frame
@@ -166,10 +249,10 @@ fn large_payloads_are_not_copied_on_encode_or_decode() {
     let mut dec = Decoder::new(Limits::default());
     assert_eq!(dec.feed(&frame.to_bytes()), frame.len_bytes);
     let before = dec.buffered_bytes();
-    let Some(Message::ResyncChunk { payload, .. }) = dec.next_message().unwrap() else {
-        panic!("expected a resync chunk")
+    let Some(Message::SyncOps { ops }) = dec.next_message().unwrap() else {
+        panic!("expected sync ops")
     };
-    assert_eq!(payload, data);
+    assert_eq!(ops[0].data, data);
     assert_eq!(dec.buffered_bytes(), before - frame.len_bytes);
 }
 
@@ -218,13 +301,13 @@ fn header_errors_are_distinct() {
     ));
 
     let mut b = good.clone();
-    b[4..6].copy_from_slice(&2u16.to_le_bytes());
+    b[4..6].copy_from_slice(&1u16.to_le_bytes());
     assert_eq!(
         decode_message(&b, &limits).unwrap_err(),
         WireError::UnsupportedVersion {
-            got: 2,
-            min: 1,
-            max: 1
+            got: 1,
+            min: 2,
+            max: 2
         }
     );
 
@@ -296,7 +379,7 @@ fn payload_errors_name_the_field() {
     ));
     // Trailing garbage.
     assert!(matches!(
-        decode_message(&raw_frame(MessageType::ResyncDone as u16, &[0]), &limits),
+        decode_message(&raw_frame(MessageType::SyncAck as u16, &[0; 9]), &limits),
         Err(WireError::Malformed {
             field: "payload",
             ..
@@ -370,10 +453,12 @@ fn encoder_refuses_invalid_messages() {
                 LineageEntry {
                     generation_id: 1,
                     start_lsn: 10,
+                    unknown_before: false,
                 },
                 LineageEntry {
                     generation_id: 2,
                     start_lsn: 5,
+                    unknown_before: false,
                 },
             ],
             ..hello()
@@ -424,7 +509,7 @@ fn decoder_refuses_oversized_frame_from_header_alone() {
         ..Limits::default()
     };
     let mut dec = Decoder::new(limits);
-    let frame = raw_frame(MessageType::ResyncDone as u16, &[0u8; 2048]);
+    let frame = raw_frame(MessageType::SyncAck as u16, &[0u8; 2048]);
     dec.feed(&frame[..FRAME_HEADER_BYTES]);
     assert!(matches!(
         dec.next_message(),
@@ -470,6 +555,7 @@ fn lin(v: &[(u64, u64)]) -> Vec<LineageEntry> {
         .map(|&(generation_id, start_lsn)| LineageEntry {
             generation_id,
             start_lsn,
+            unknown_before: false,
         })
         .collect()
 }
@@ -497,16 +583,13 @@ fn lineage_comparison() {
     assert_eq!(
         compare_lineage(&b, &c),
         LineageOrder::Diverged {
-            common_generation: Some(2),
+            common_generation: 2,
             common_lsn: 250
         }
     );
     assert_eq!(
         compare_lineage(&lin(&[(5, 0)]), &lin(&[(6, 0)])),
-        LineageOrder::Diverged {
-            common_generation: None,
-            common_lsn: 0
-        }
+        LineageOrder::Unrelated
     );
     assert_eq!(
         compare_lineage(&[], &b),
@@ -519,7 +602,7 @@ fn lineage_comparison() {
     assert!(matches!(
         compare_lineage(&lin(&[(1, 0), (2, 100)]), &lin(&[(1, 0), (2, 101)])),
         LineageOrder::Diverged {
-            common_generation: Some(1),
+            common_generation: 1,
             common_lsn: 100
         }
     ));
@@ -538,13 +621,13 @@ fn check_hello_names_each_mismatch() {
         check_hello(
             &local,
             &Hello {
-                protocol_version: 2,
+                protocol_version: 3,
                 ..secondary.clone()
             }
         ),
         Err(Mismatch::Version {
-            local: 1,
-            remote: 2
+            local: 2,
+            remote: 3
         })
     );
     assert!(matches!(
@@ -577,31 +660,17 @@ fn check_hello_names_each_mismatch() {
         ),
         Err(Mismatch::RegionSize { .. })
     ));
+    // How histories relate is the caller's decision, not a mismatch.
     assert_eq!(
         check_hello(
             &local,
             &Hello {
-                lineage: lin(&[(7, 0), (10, 500)]),
-                ..secondary.clone()
-            }
-        ),
-        Err(Mismatch::LineageDiverged {
-            common_generation: Some(7),
-            common_lsn: 500
-        })
-    );
-    // Ancestor is not a mismatch: it means resync, decided by the caller.
-    assert_eq!(
-        check_hello(
-            &local,
-            &Hello {
-                lineage: lin(&[(7, 0)]),
+                lineage: lin(&[(8, 0)]),
                 ..secondary.clone()
             }
         ),
         Ok(())
     );
-    assert_eq!(check_hello(&local, &local), Err(Mismatch::BothPrimary));
 }
 
 // ---- property tests ----
@@ -625,6 +694,7 @@ fn arb_lineage() -> impl Strategy<Value = Vec<LineageEntry>> {
                 LineageEntry {
                     generation_id: (g << 8) | i as u64,
                     start_lsn: lsn,
+                    unknown_before: g % 2 == 0,
                 }
             })
             .collect()
@@ -641,23 +711,71 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         arb_lineage(),
         any::<bool>(),
         any::<u64>(),
+        any::<(bool, bool)>(),
     )
         .prop_map(
-            |(v, id, u, size, region, lineage, primary, durable)| Hello {
-                protocol_version: v,
-                node_id: id,
-                volume_uuid: Uuid::from_u128(u),
-                volume_size_bytes: size,
-                region_bytes: region,
-                lineage,
-                role: if primary {
-                    Role::Primary
-                } else {
-                    Role::Secondary
-                },
-                durable_lsn: durable,
+            |(v, id, u, size, region, lineage, primary, durable, (inconsistent, overwrite))| {
+                Hello {
+                    protocol_version: v,
+                    node_id: id,
+                    volume_uuid: Uuid::from_u128(u),
+                    volume_size_bytes: size,
+                    region_bytes: region,
+                    lineage,
+                    role: if primary {
+                        Role::Primary
+                    } else {
+                        Role::Secondary
+                    },
+                    durable_lsn: durable,
+                    data_state: if inconsistent {
+                        DataState::Inconsistent
+                    } else {
+                        DataState::Consistent
+                    },
+                    overwrite,
+                }
             },
         )
+}
+
+fn arb_sync_ops() -> impl Strategy<Value = Message> {
+    prop::collection::vec(
+        (
+            1u64..50,
+            0u8..5,
+            0u64..(1 << 50),
+            1u64..(1 << 20),
+            arb_bytes(2048),
+            any::<[u8; 32]>(),
+        ),
+        0..10,
+    )
+    .prop_map(|ops| {
+        let mut seq = 0;
+        let ops = ops
+            .into_iter()
+            .map(|(step, k, offset, len, data, blake3)| {
+                seq += step;
+                let (kind, offset, len, data) = match k {
+                    0 if !data.is_empty() => (SyncOpKind::Data, offset, data.len() as u64, data),
+                    0 | 1 => (SyncOpKind::Zero, offset, len, Bytes::new()),
+                    2 => (SyncOpKind::Check, offset, len, Bytes::new()),
+                    3 => (SyncOpKind::Verify, offset, len, Bytes::new()),
+                    _ => (SyncOpKind::End, 0, 0, Bytes::new()),
+                };
+                SyncOp {
+                    seq,
+                    kind,
+                    offset,
+                    len,
+                    data,
+                    blake3,
+                }
+            })
+            .collect();
+        Message::SyncOps { ops }
+    })
 }
 
 fn arb_record() -> impl Strategy<Value = (u8, u64, u64, u64, Bytes, [u8; 32])> {
@@ -726,9 +844,38 @@ fn arb_message() -> impl Strategy<Value = Message> {
         any::<u64>().prop_map(|lsn| Message::FlushAck { lsn }),
         any::<u64>().prop_map(|nonce| Message::Ping { nonce }),
         any::<u64>().prop_map(|nonce| Message::Pong { nonce }),
-        (0u64..(1 << 60), arb_bytes(4096))
-            .prop_map(|(offset, payload)| Message::ResyncChunk { offset, payload }),
-        Just(Message::ResyncDone),
+        (
+            any::<u64>(),
+            1u64..u64::MAX,
+            any::<u64>(),
+            any::<bool>(),
+            any::<u64>(),
+            arb_lineage()
+        )
+            .prop_map(
+                |(job, stream_from_lsn, ranges, compare, rollback, lineage)| Message::ResyncBegin {
+                    job,
+                    stream_from_lsn,
+                    ranges,
+                    compare,
+                    rollback_from_lsn: (rollback != 0).then_some(rollback),
+                    lineage,
+                }
+            ),
+        (any::<u64>(), 0u8..3, any::<u64>()).prop_map(|(job, k, ranges)| Message::ResyncBeginAck {
+            job,
+            rollback: match k {
+                0 => Rollback::None,
+                1 => Rollback::Listed { ranges },
+                _ => Rollback::Unknown,
+            },
+        }),
+        arb_sync_ops(),
+        any::<u64>().prop_map(|seq| Message::SyncAck { seq }),
+        (0u64..(1 << 60), 1u64..(1 << 30))
+            .prop_map(|(offset, len)| Message::SyncNeed { offset, len }),
+        (any::<u64>(), 0u64..(1 << 60), 1u64..(1 << 30))
+            .prop_map(|(seq, offset, len)| Message::VerifyMismatch { seq, offset, len }),
         (any::<u16>(), arb_text()).prop_map(|(c, text)| Message::Bye {
             code: ByeCode::from_u16(c),
             text
