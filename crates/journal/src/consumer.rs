@@ -282,6 +282,8 @@ impl Inner {
                         acked_lsn: from_lsn - 1,
                         folds: 0,
                         fold_notice: None,
+                        track: !bitmap.is_empty(),
+                        compare: false,
                         bitmap,
                         marked_upto: from_lsn - 1,
                     },
@@ -351,14 +353,139 @@ impl Inner {
                 .consumers
                 .get_mut(&name)
                 .ok_or_else(|| JournalError::UnknownConsumer(name.clone()))?;
-            for r in regions {
-                c.bitmap.clear(r);
+            if c.track {
+                // Folded since the resync began: a region resent from an
+                // older snapshot may have been marked again by a later
+                // record. Keep every bit; the next resync sends them.
+                return Ok(());
+            }
+            c.bitmap.clear_regions(regions);
+            if c.bitmap.is_empty() {
+                c.compare = false;
             }
             persist_bitmap(&inner.cfg.dir, &name, inner.volume.uuid, &c.bitmap)?;
             let tracking = meta.consumers.values().any(|c| c.tracking());
             inner.tracking.store(tracking, Ordering::SeqCst);
-            Ok(())
+            meta.persist()
         })
         .await
     }
+
+    /// Adds regions to a consumer's bitmap (a verify's mismatches, an
+    /// unclean restart's hot regions, a full resync), durably. `compare`:
+    /// they may be identical on the peer. The consumer keeps its mode: a
+    /// streaming one goes on streaming and resyncs them next.
+    pub(crate) async fn mark_consumer_regions(
+        self: &Arc<Self>,
+        name: &str,
+        regions: DirtyBitmap,
+        compare: bool,
+    ) -> Result<(), JournalError> {
+        let inner = self.clone();
+        let name = name.to_owned();
+        blocking(move || {
+            let mut meta = lock(&inner.meta);
+            let c = meta
+                .consumers
+                .get_mut(&name)
+                .ok_or_else(|| JournalError::UnknownConsumer(name.clone()))?;
+            if regions.is_empty() {
+                return Ok(());
+            }
+            c.bitmap.union(&regions);
+            c.bitmap.note_write_time(crate::shared::now_ns());
+            c.compare |= compare;
+            persist_bitmap(&inner.cfg.dir, &name, inner.volume.uuid, &c.bitmap)?;
+            meta.persist()
+        })
+        .await
+    }
+
+    /// Starts a resync of consumer `name`: from now on it is read from the
+    /// returned LSN on, and the returned bitmap snapshot holds the regions to
+    /// resend besides. A tracking consumer (one that fell behind) resumes
+    /// after the last record marked in its bitmap; a streaming one at
+    /// `peer_next`, the first LSN the peer lacks, which the journal must
+    /// still hold.
+    pub(crate) async fn begin_resync(
+        self: &Arc<Self>,
+        name: &str,
+        peer_next: Lsn,
+    ) -> Result<ResyncStart, JournalError> {
+        let inner = self.clone();
+        let name = name.to_owned();
+        blocking(move || {
+            let mut meta = lock(&inner.meta);
+            let written = *inner.written_tx.borrow();
+            let oldest = meta.segments.front().map_or(written + 1, |s| s.first_lsn);
+            let c = meta
+                .consumers
+                .get_mut(&name)
+                .ok_or_else(|| JournalError::UnknownConsumer(name.clone()))?;
+            let from = if c.track {
+                c.marked_upto + 1
+            } else {
+                if peer_next < oldest.max(c.acked_lsn + 1) || peer_next > written + 1 {
+                    return Err(JournalError::InvalidRequest(format!(
+                        "consumer {name} cannot resume at LSN {peer_next}: the journal holds {}..={written} for it",
+                        oldest.max(c.acked_lsn + 1)
+                    )));
+                }
+                peer_next
+            };
+            // Everything before `from` is in the bitmap: durable first, then
+            // the cursor may release it.
+            persist_bitmap(&inner.cfg.dir, &name, inner.volume.uuid, &c.bitmap)?;
+            c.track = false;
+            c.fold_notice = None;
+            c.read_next = from;
+            c.acked_lsn = c.acked_lsn.max(from - 1);
+            c.marked_upto = c.marked_upto.max(from - 1);
+            let start = ResyncStart {
+                bitmap: c.bitmap.clone(),
+                from_lsn: from,
+                compare: c.compare,
+            };
+            let tracking = meta.consumers.values().any(|c| c.tracking());
+            inner.tracking.store(tracking, Ordering::SeqCst);
+            meta.persist()?;
+            Ok(start)
+        })
+        .await
+    }
+
+    /// A consumer's pending regions, without copying its bitmap.
+    pub(crate) fn consumer_dirty(&self, name: &str) -> Result<DirtyInfo, JournalError> {
+        lock(&self.meta)
+            .consumers
+            .get(name)
+            .map(|c| DirtyInfo {
+                regions: c.bitmap.count(),
+                compare: c.compare,
+                needs_resync: c.track,
+                dirty_since_ns: c.bitmap.dirty_since_ns(),
+            })
+            .ok_or_else(|| JournalError::UnknownConsumer(name.to_owned()))
+    }
+}
+
+/// Where a consumer's resync starts (see [`crate::Journal::begin_resync`]).
+#[derive(Debug, Clone)]
+pub struct ResyncStart {
+    /// Regions to resend, besides the records streamed from `from_lsn`.
+    pub bitmap: DirtyBitmap,
+    pub from_lsn: Lsn,
+    /// Compare the regions before sending them.
+    pub compare: bool,
+}
+
+/// A consumer's pending regions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyInfo {
+    pub regions: u64,
+    pub compare: bool,
+    /// It fell behind (or was marked) and is not streamed until a resync.
+    pub needs_resync: bool,
+    /// Wall-clock ns of the oldest write its bitmap holds.
+    pub dirty_since_ns: Option<u64>,
 }

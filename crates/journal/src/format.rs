@@ -9,7 +9,9 @@ use crate::Lsn;
 pub const SEGMENT_HEADER_BYTES: u64 = 4096;
 const SEGMENT_HEADER_ENCODED_BYTES: usize = 68;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"DRIFTSEG";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: generation and consumer flags, the superblock's data state,
+/// the bitmap's dirty-since time.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Each superblock copy lives in its own slot of this size.
 pub const SUPERBLOCK_SLOT_BYTES: usize = 16384;
@@ -20,7 +22,7 @@ pub const MAX_CONSUMERS: usize = 32;
 pub const MAX_CONSUMER_NAME_BYTES: usize = 64;
 
 pub const BITMAP_MAGIC: [u8; 8] = *b"DRIFTBM1";
-const BITMAP_HEADER_BYTES: usize = 48;
+const BITMAP_HEADER_BYTES: usize = 56;
 
 /// Why a metadata block does not decode.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -126,6 +128,9 @@ pub struct GenerationEntry {
     pub id: u64,
     /// First LSN written in this generation.
     pub start_lsn: Lsn,
+    /// The generation began over data of unknown history (a journal created
+    /// on a volume that already held data).
+    pub unknown_before: bool,
 }
 
 /// Persisted state of a consumer.
@@ -136,6 +141,10 @@ pub struct ConsumerEntry {
     pub acked_lsn: Lsn,
     /// How many times the consumer was folded into its bitmap.
     pub folds: u64,
+    /// Its bitmap's regions may be identical on the peer (they came from an
+    /// unclean restart or a verify, not from writes it missed): compare
+    /// before sending.
+    pub compare: bool,
 }
 
 /// The journal's root of trust: written as two alternating copies, each with
@@ -152,7 +161,14 @@ pub struct Superblock {
     pub first_live_segment: u64,
     pub lineage: Vec<GenerationEntry>,
     pub consumers: Vec<ConsumerEntry>,
+    /// The volume is not a prefix of its lineage's history (a resync into it
+    /// is running or was interrupted).
+    pub inconsistent: bool,
 }
+
+const SB_FLAG_INCONSISTENT: u32 = 1;
+const GEN_FLAG_UNKNOWN_BEFORE: u8 = 1;
+const CONSUMER_FLAG_COMPARE: u8 = 1;
 
 impl Superblock {
     /// Encodes into one slot (zero padded to [`SUPERBLOCK_SLOT_BYTES`]).
@@ -169,10 +185,21 @@ impl Superblock {
         b.extend_from_slice(&self.region_bytes.to_le_bytes());
         b.extend_from_slice(&self.checkpoint_lsn.to_le_bytes());
         b.extend_from_slice(&self.first_live_segment.to_le_bytes());
+        let flags = if self.inconsistent {
+            SB_FLAG_INCONSISTENT
+        } else {
+            0
+        };
+        b.extend_from_slice(&flags.to_le_bytes());
         b.extend_from_slice(&(self.lineage.len() as u32).to_le_bytes());
         for g in &self.lineage {
             b.extend_from_slice(&g.id.to_le_bytes());
             b.extend_from_slice(&g.start_lsn.to_le_bytes());
+            b.push(if g.unknown_before {
+                GEN_FLAG_UNKNOWN_BEFORE
+            } else {
+                0
+            });
         }
         b.extend_from_slice(&(self.consumers.len() as u32).to_le_bytes());
         for c in &self.consumers {
@@ -181,6 +208,7 @@ impl Superblock {
             b.extend_from_slice(c.name.as_bytes());
             b.extend_from_slice(&c.acked_lsn.to_le_bytes());
             b.extend_from_slice(&c.folds.to_le_bytes());
+            b.push(if c.compare { CONSUMER_FLAG_COMPARE } else { 0 });
         }
         let len = b.len() as u32;
         b[12..16].copy_from_slice(&len.to_le_bytes());
@@ -197,7 +225,7 @@ impl Superblock {
             return Err(FormatError::BadMagic);
         }
         let body = u32_at(b, 12) as usize;
-        if !(72..=SUPERBLOCK_SLOT_BYTES - 4).contains(&body) {
+        if !(80..=SUPERBLOCK_SLOT_BYTES - 4).contains(&body) {
             return Err(FormatError::BadField("superblock body length"));
         }
         need(b, body + 4)?;
@@ -218,8 +246,14 @@ impl Superblock {
             first_live_segment: u64_at(b, 64),
             lineage: Vec::new(),
             consumers: Vec::new(),
+            inconsistent: false,
         };
-        let mut p = 72;
+        let flags = u32_at(b, 72);
+        if flags & !SB_FLAG_INCONSISTENT != 0 {
+            return Err(FormatError::BadField("superblock flags"));
+        }
+        sb.inconsistent = flags & SB_FLAG_INCONSISTENT != 0;
+        let mut p = 76;
         need(b, p + 4)?;
         let n = u32_at(b, p) as usize;
         p += 4;
@@ -227,12 +261,17 @@ impl Superblock {
             return Err(FormatError::BadField("lineage length"));
         }
         for _ in 0..n {
-            need(b, p + 16)?;
+            need(b, p + 17)?;
+            let flags = b[p + 16];
+            if flags & !GEN_FLAG_UNKNOWN_BEFORE != 0 {
+                return Err(FormatError::BadField("generation flags"));
+            }
             sb.lineage.push(GenerationEntry {
                 id: u64_at(b, p),
                 start_lsn: u64_at(b, p + 8),
+                unknown_before: flags & GEN_FLAG_UNKNOWN_BEFORE != 0,
             });
-            p += 16;
+            p += 17;
         }
         need(b, p + 4)?;
         let n = u32_at(b, p) as usize;
@@ -244,17 +283,22 @@ impl Superblock {
             need(b, p + 1)?;
             let l = b[p] as usize;
             p += 1;
-            need(b, p + l + 16)?;
+            need(b, p + l + 17)?;
             let name = std::str::from_utf8(&b[p..p + l])
                 .map_err(|_| FormatError::BadField("consumer name"))?
                 .to_owned();
             p += l;
+            let flags = b[p + 16];
+            if flags & !CONSUMER_FLAG_COMPARE != 0 {
+                return Err(FormatError::BadField("consumer flags"));
+            }
             sb.consumers.push(ConsumerEntry {
                 name,
                 acked_lsn: u64_at(b, p),
                 folds: u64_at(b, p + 8),
+                compare: flags & CONSUMER_FLAG_COMPARE != 0,
             });
-            p += 16;
+            p += 17;
         }
         if p != body {
             return Err(FormatError::BadField("superblock trailing bytes"));
@@ -264,8 +308,9 @@ impl Superblock {
 }
 
 /// Encodes a bitmap file: header, the bit words, CRC32 over everything before.
-pub fn encode_bitmap_file(volume: Uuid, region_bytes: u64, regions: u64, words: &[u64]) -> Vec<u8> {
-    assert_eq!(words.len() as u64, regions.div_ceil(64));
+pub fn encode_bitmap_file(f: &BitmapFile) -> Vec<u8> {
+    assert_eq!(f.words.len() as u64, f.regions.div_ceil(64));
+    let (volume, region_bytes, regions, words) = (f.volume, f.region_bytes, f.regions, &f.words);
     let mut b = Vec::with_capacity(BITMAP_HEADER_BYTES + words.len() * 8 + 4);
     b.extend_from_slice(&BITMAP_MAGIC);
     b.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -273,6 +318,7 @@ pub fn encode_bitmap_file(volume: Uuid, region_bytes: u64, regions: u64, words: 
     b.extend_from_slice(volume.as_bytes());
     b.extend_from_slice(&region_bytes.to_le_bytes());
     b.extend_from_slice(&regions.to_le_bytes());
+    b.extend_from_slice(&f.dirty_since_ns.to_le_bytes());
     for w in words {
         b.extend_from_slice(&w.to_le_bytes());
     }
@@ -287,6 +333,9 @@ pub struct BitmapFile {
     pub volume: Uuid,
     pub region_bytes: u64,
     pub regions: u64,
+    /// Wall-clock time (ns since the epoch) of the oldest write marked in
+    /// the bitmap; 0 when it is empty.
+    pub dirty_since_ns: u64,
     pub words: Vec<u64>,
 }
 
@@ -315,6 +364,7 @@ pub fn decode_bitmap_file(b: &[u8]) -> Result<BitmapFile, FormatError> {
         volume: Uuid::from_bytes(b[16..32].try_into().expect("16 bytes")),
         region_bytes: u64_at(b, 32),
         regions,
+        dirty_since_ns: u64_at(b, 48),
         words,
     })
 }
@@ -335,17 +385,21 @@ mod tests {
                 GenerationEntry {
                     id: 1,
                     start_lsn: 1,
+                    unknown_before: true,
                 },
                 GenerationEntry {
                     id: 2,
                     start_lsn: 50,
+                    unknown_before: false,
                 },
             ],
             consumers: vec![ConsumerEntry {
                 name: "dr-site".into(),
                 acked_lsn: 60,
                 folds: 1,
+                compare: true,
             }],
+            inconsistent: true,
         }
     }
 
@@ -381,11 +435,15 @@ mod tests {
 
     #[test]
     fn bitmap_file_roundtrip() {
-        let words = vec![1u64, 0, u64::MAX];
-        let b = encode_bitmap_file(Uuid::from_u128(3), 65536, 150, &words);
-        let d = decode_bitmap_file(&b).unwrap();
-        assert_eq!(d.words, words);
-        assert_eq!(d.regions, 150);
+        let f = BitmapFile {
+            volume: Uuid::from_u128(3),
+            region_bytes: 65536,
+            regions: 150,
+            dirty_since_ns: 1_700_000_000_000_000_000,
+            words: vec![1u64, 0, u64::MAX],
+        };
+        let b = encode_bitmap_file(&f);
+        assert_eq!(decode_bitmap_file(&b).unwrap(), f);
         let mut c = b.clone();
         c[50] ^= 4;
         assert_eq!(decode_bitmap_file(&c), Err(FormatError::BadCrc));

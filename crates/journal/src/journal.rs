@@ -4,7 +4,7 @@
 //! (retention and folds), `consumer`, `lineage`, `superblock`, `read`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -12,8 +12,10 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::bitmap::{load_bitmap, persist_bitmap, DirtyBitmap};
 use crate::config::{JournalConfig, VolumeIdentity};
-use crate::consumer::Consumer;
+use crate::consumer::{Consumer, DirtyInfo, ResyncStart};
 use crate::error::JournalError;
+use crate::format::GenerationEntry;
+use crate::read::RecordSummary;
 use crate::record::payload_digest;
 use crate::recovery::{scan, Recovery};
 use crate::segment::segment_path;
@@ -110,6 +112,11 @@ impl Journal {
             .map(|s| s.header.first_lsn)
             .unwrap_or(last_lsn + 1);
         for c in &sb.consumers {
+            // A sync peer may have acknowledged records this journal lost
+            // in a crash: it cannot owe less than what the log holds.
+            let mut c = c.clone();
+            c.acked_lsn = c.acked_lsn.min(last_lsn.max(checkpoint));
+            let c = &c;
             let mut bitmap = load_bitmap(
                 &cfg.dir,
                 &c.name,
@@ -122,6 +129,8 @@ impl Journal {
                 acked_lsn: c.acked_lsn,
                 folds: c.folds,
                 fold_notice: None,
+                track: !bitmap.is_empty(),
+                compare: c.compare,
                 bitmap: bitmap.clone(),
                 marked_upto: c.acked_lsn,
             };
@@ -135,6 +144,8 @@ impl Journal {
                 meta.read_next = last_lsn + 1;
                 meta.fold_notice = Some(last_lsn + 1);
                 meta.marked_upto = last_lsn;
+                meta.track = true;
+                meta.compare = true;
             }
             consumers.insert(c.name.clone(), meta);
         }
@@ -168,6 +179,8 @@ impl Journal {
             info: segments.back().expect("live segment").clone(),
             offset: s.end_offset,
             unsynced: false,
+            next_lsn: s.last_lsn + 1,
+            resets: 0,
         });
         let generation = sb.lineage.last().map(|g| g.id).unwrap_or(0);
         let mut meta = Meta {
@@ -205,6 +218,7 @@ impl Journal {
                 meta.live_bytes(cfg.segment_bytes) >= cfg.pressure_bytes,
             ),
             tracking: AtomicBool::new(meta.consumers.values().any(|c| c.tracking())),
+            resets: AtomicU64::new(0),
             meta: Mutex::new(meta),
             cache: Mutex::new(Cache::default()),
             applied: Mutex::new(Applied {
@@ -392,24 +406,77 @@ impl Journal {
         self.inner.generation()
     }
 
-    /// The generation lineage: (generation id, first LSN), oldest first.
-    pub fn lineage(&self) -> Vec<(u64, Lsn)> {
+    /// The generation lineage, oldest first (empty: no history yet).
+    pub fn lineage(&self) -> Vec<GenerationEntry> {
         self.inner.lineage()
     }
 
-    /// Starts generation `id` at the next LSN (on promote); persisted before
-    /// any record carries it. Returns its start LSN.
-    pub async fn start_generation(&self, id: u64) -> Result<Lsn, JournalError> {
-        self.inner.push_generation(id, None).await
+    /// Starts generation `id` at the next LSN (a new history: the first one,
+    /// after an unclean restart, on promote); persisted before any record
+    /// carries it. `unknown_before`: it begins over data of unknown history.
+    /// Returns its start LSN.
+    pub async fn start_generation(
+        &self,
+        id: u64,
+        unknown_before: bool,
+    ) -> Result<Lsn, JournalError> {
+        self.inner.push_generation(id, None, unknown_before).await
     }
 
-    /// A replica takes over generation `id` of its primary, which began at
-    /// `start_lsn`: only valid when that is exactly the next LSN.
-    pub async fn adopt_generation(&self, id: u64, start_lsn: Lsn) -> Result<(), JournalError> {
+    /// A replica takes over a generation of its primary: only valid when it
+    /// begins exactly at the next LSN.
+    pub async fn adopt_generation(&self, g: GenerationEntry) -> Result<(), JournalError> {
         self.inner
-            .push_generation(id, Some(start_lsn))
+            .push_generation(g.id, Some(g.start_lsn), g.unknown_before)
             .await
             .map(|_| ())
+    }
+
+    /// Replaces the lineage with a primary's (a replica at the start of a
+    /// resync; see [`Journal::reset_to`]).
+    pub async fn set_lineage(&self, lineage: Vec<GenerationEntry>) -> Result<(), JournalError> {
+        self.inner.set_lineage(lineage).await
+    }
+
+    /// Whether the volume is marked inconsistent (a resync into it is running
+    /// or was interrupted).
+    pub fn is_inconsistent(&self) -> bool {
+        lock(&self.inner.meta).sb.inconsistent
+    }
+
+    /// Marks the volume inconsistent or consistent, durably, before the
+    /// caller relies on it.
+    pub async fn set_inconsistent(&self, inconsistent: bool) -> Result<(), JournalError> {
+        let inner = self.inner.clone();
+        blocking(move || {
+            let mut meta = lock(&inner.meta);
+            if meta.sb.inconsistent == inconsistent {
+                return Ok(());
+            }
+            meta.sb.inconsistent = inconsistent;
+            meta.persist()
+        })
+        .await
+    }
+
+    /// Empties the journal and makes `lsn` the next LSN: for a replica whose
+    /// history is replaced by a resync. Every record must be written and
+    /// checkpointed (the volume holds it durably) and no consumer may hold
+    /// one. Older records are never read again.
+    pub async fn reset_to(&self, lsn: Lsn) -> Result<(), JournalError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.reset_to(lsn)).await
+    }
+
+    /// Every record from `from_lsn` to the written LSN (headers only), or
+    /// `None` when the journal no longer holds them all: what a diverged
+    /// replica must roll back, and the lag of a peer after a restart.
+    pub async fn records_since(
+        &self,
+        from_lsn: Lsn,
+    ) -> Result<Option<Vec<RecordSummary>>, JournalError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.records_since(from_lsn)).await
     }
 
     /// Registers (or reopens) consumer `name`. A new consumer starts at
@@ -433,12 +500,42 @@ impl Journal {
         self.inner.unregister_consumer(name).await
     }
 
+    /// See [`ResyncStart`]: from now on consumer `name` is read from the
+    /// returned LSN and the returned regions are to be resent.
+    pub async fn begin_resync(
+        &self,
+        name: &str,
+        peer_next: Lsn,
+    ) -> Result<ResyncStart, JournalError> {
+        self.inner.begin_resync(name, peer_next).await
+    }
+
+    /// Adds regions to a consumer's bitmap, durably (`compare`: they may be
+    /// identical on the peer).
+    pub async fn mark_consumer_regions(
+        &self,
+        name: &str,
+        regions: DirtyBitmap,
+        compare: bool,
+    ) -> Result<(), JournalError> {
+        self.inner
+            .mark_consumer_regions(name, regions, compare)
+            .await
+    }
+
+    /// A consumer's pending regions (without copying its bitmap).
+    pub fn consumer_dirty(&self, name: &str) -> Result<DirtyInfo, JournalError> {
+        self.inner.consumer_dirty(name)
+    }
+
     /// Snapshot of a consumer's dirty-region bitmap.
     pub fn consumer_bitmap(&self, name: &str) -> Result<DirtyBitmap, JournalError> {
         self.inner.consumer_bitmap(name)
     }
 
-    /// Clears regions the replication engine has resent, durably.
+    /// Clears regions the replication engine has resent, durably; nothing
+    /// when the consumer was folded since its resync began (a later record
+    /// may have marked them again).
     pub async fn clear_consumer_regions(
         &self,
         name: &str,

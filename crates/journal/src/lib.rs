@@ -36,10 +36,11 @@ pub type Lsn = u64;
 
 pub use bitmap::DirtyBitmap;
 pub use config::{JournalConfig, VolumeIdentity};
-pub use consumer::{Consumer, ReadBatch};
+pub use consumer::{Consumer, DirtyInfo, ReadBatch, ResyncStart};
 pub use error::JournalError;
+pub use format::GenerationEntry;
 pub use journal::{Journal, JournalStats};
-pub use lineage::initial_generation_id;
+pub use read::RecordSummary;
 pub use record::{decode_record, DecodedRecord, RecordError, RecordHeader, RecordKind, Salt};
 pub use recovery::{LogRecord, Recovery};
 pub use writer::{AppendHandle, NewRecord};

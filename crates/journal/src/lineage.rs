@@ -1,34 +1,22 @@
-//! The volume's generation lineage: (generation id, first LSN), oldest
-//! first, persisted in the superblock before any record carries a new id.
+//! The volume's generation lineage: (generation id, first LSN, flags),
+//! oldest first, persisted in the superblock before any record carries a
+//! new id. A new journal has none: a primary starts the first generation, a
+//! replica takes its primary's lineage over.
 
-use uuid::Uuid;
+use std::sync::Arc;
 
 use crate::error::JournalError;
 use crate::format::{GenerationEntry, MAX_LINEAGE_ENTRIES};
-use std::sync::Arc;
-
 use crate::shared::{blocking, lock, Inner};
 use crate::Lsn;
-
-/// The first generation of a volume is derived from its UUID, so every node
-/// created for the same volume starts with the same lineage.
-pub fn initial_generation_id(volume: Uuid) -> u64 {
-    let b = volume.as_bytes();
-    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-}
 
 impl Inner {
     pub(crate) fn generation(&self) -> u64 {
         lock(&self.state).generation
     }
 
-    pub(crate) fn lineage(&self) -> Vec<(u64, Lsn)> {
-        lock(&self.meta)
-            .sb
-            .lineage
-            .iter()
-            .map(|g| (g.id, g.start_lsn))
-            .collect()
+    pub(crate) fn lineage(&self) -> Vec<GenerationEntry> {
+        lock(&self.meta).sb.lineage.clone()
     }
 
     /// Appends generation `id` at the next LSN (which must be `expect`
@@ -37,6 +25,7 @@ impl Inner {
         self: &Arc<Self>,
         id: u64,
         expect: Option<Lsn>,
+        unknown_before: bool,
     ) -> Result<Lsn, JournalError> {
         let inner = self.clone();
         blocking(move || {
@@ -46,9 +35,9 @@ impl Inner {
                     "lineage already holds {MAX_LINEAGE_ENTRIES} generations"
                 )));
             }
-            if meta.sb.lineage.iter().any(|g| g.id == id) {
+            if id == 0 || meta.sb.lineage.iter().any(|g| g.id == id) {
                 return Err(JournalError::InvalidRequest(format!(
-                    "generation {id} already in the lineage"
+                    "generation {id} is 0 or already in the lineage"
                 )));
             }
             // Hold the append lock while persisting so no record slips in
@@ -66,6 +55,7 @@ impl Inner {
             meta.sb.lineage.push(GenerationEntry {
                 id,
                 start_lsn: start,
+                unknown_before,
             });
             if let Err(e) = meta.persist() {
                 meta.sb.lineage.pop();
@@ -73,6 +63,39 @@ impl Inner {
             }
             st.generation = id;
             Ok(start)
+        })
+        .await
+    }
+
+    /// Replaces the lineage (a replica taking over its primary's history at
+    /// the start of a resync). Generations starting after the next LSN are
+    /// left out: they are adopted as their first records arrive.
+    pub(crate) async fn set_lineage(
+        self: &Arc<Self>,
+        lineage: Vec<GenerationEntry>,
+    ) -> Result<(), JournalError> {
+        let inner = self.clone();
+        blocking(move || {
+            if lineage.len() > MAX_LINEAGE_ENTRIES {
+                return Err(JournalError::InvalidRequest(format!(
+                    "a lineage of {} generations is more than {MAX_LINEAGE_ENTRIES}",
+                    lineage.len()
+                )));
+            }
+            let mut meta = lock(&inner.meta);
+            let mut st = lock(&inner.state);
+            let next = st.next_lsn;
+            let kept: Vec<GenerationEntry> = lineage
+                .into_iter()
+                .take_while(|g| g.start_lsn <= next)
+                .collect();
+            let old = std::mem::replace(&mut meta.sb.lineage, kept);
+            if let Err(e) = meta.persist() {
+                meta.sb.lineage = old;
+                return Err(e);
+            }
+            st.generation = meta.sb.lineage.last().map_or(0, |g| g.id);
+            Ok(())
         })
         .await
     }

@@ -5,10 +5,10 @@ use bytes::Bytes;
 
 use crate::error::JournalError;
 use crate::format::SEGMENT_HEADER_BYTES;
-use crate::record::{decode_record, RecordError};
+use crate::record::{decode_record, RecordError, RecordKind};
 use crate::recovery::LogRecord;
 use crate::segment::read_at_most;
-use crate::shared::SegInfo;
+use crate::shared::{lock, Inner, SegInfo};
 use crate::Lsn;
 
 /// Where a sequential disk read stopped: (segment number, offset, LSN there).
@@ -104,4 +104,61 @@ pub(crate) fn read_records(
         offset += p as u64;
     }
     Ok((out, Some((segs[idx].number, offset, lsn))))
+}
+
+/// One record as far as lag and rollback care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordSummary {
+    pub lsn: Lsn,
+    pub kind: RecordKind,
+    pub offset: u64,
+    pub length: u64,
+    /// Bytes the record takes in the journal (header and payload).
+    pub bytes: u64,
+    pub timestamp_ns: u64,
+}
+
+impl Inner {
+    /// See [`crate::Journal::records_since`].
+    pub(crate) fn records_since(
+        &self,
+        from: Lsn,
+    ) -> Result<Option<Vec<RecordSummary>>, JournalError> {
+        let (segs, written) = {
+            let meta = lock(&self.meta);
+            let written = *self.written_tx.borrow();
+            (
+                meta.segments.iter().cloned().collect::<Vec<SegInfo>>(),
+                written,
+            )
+        };
+        let from = from.max(1);
+        if from > written {
+            return Ok(Some(Vec::new()));
+        }
+        if segs.first().is_none_or(|s| s.first_lsn > from) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let (mut lsn, mut pos) = (from, None);
+        while lsn <= written {
+            let (recs, p) = read_records(&segs, pos, lsn, written, READ_WINDOW_BYTES, true)?;
+            pos = p;
+            for r in &recs {
+                out.push(RecordSummary {
+                    lsn: r.header.lsn,
+                    kind: r.header.kind,
+                    offset: r.header.offset,
+                    length: r.header.length,
+                    bytes: r.header.encoded_len() as u64,
+                    timestamp_ns: r.header.timestamp_ns,
+                });
+            }
+            lsn = match recs.last() {
+                Some(r) => r.header.lsn + 1,
+                None => break,
+            };
+        }
+        Ok(Some(out))
+    }
 }

@@ -119,15 +119,20 @@ pub(crate) struct ConsumerMeta {
     pub(crate) fold_notice: Option<Lsn>,
     pub(crate) bitmap: DirtyBitmap,
     /// Every record up to here is marked in `bitmap` (in memory; persisted
-    /// before the cursor moves past it). Once a consumer has dirty regions
-    /// it needs a resync and is not read, so the writer marks new records
-    /// as they are written and checkpoints release them without a fold.
+    /// before the cursor moves past it).
     pub(crate) marked_upto: Lsn,
+    /// The consumer needs a resync and is not read: the writer marks new
+    /// records in its bitmap as they are written and checkpoints release
+    /// them without a fold. Cleared when a resync of it starts streaming
+    /// (its bitmap then holds the regions still to be resent).
+    pub(crate) track: bool,
+    /// Compare the bitmap's regions before resending them (persisted).
+    pub(crate) compare: bool,
 }
 
 impl ConsumerMeta {
     pub(crate) fn tracking(&self) -> bool {
-        !self.bitmap.is_empty()
+        self.track
     }
 }
 
@@ -185,6 +190,9 @@ pub(crate) struct Inner {
     /// Some consumer needs a resync (see `ConsumerMeta::marked_upto`): the
     /// writer marks what it writes. Saves the metadata lock otherwise.
     pub(crate) tracking: AtomicBool,
+    /// Resets so far (`reset_to`): a current segment opened before the
+    /// last one belongs to the replaced history and is never appended to.
+    pub(crate) resets: AtomicU64,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

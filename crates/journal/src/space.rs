@@ -35,6 +35,7 @@ impl Inner {
             for p in written.iter().filter(|p| p.lsn > c.marked_upto) {
                 if p.kind != RecordKind::Barrier {
                     c.bitmap.mark(p.offset, p.length);
+                    c.bitmap.note_write_time(p.timestamp_ns);
                 }
             }
             c.marked_upto = last.lsn;
@@ -87,6 +88,74 @@ impl Inner {
             self.space_cv.notify_all();
         }
         Ok(n > 0)
+    }
+
+    /// See [`crate::Journal::reset_to`].
+    pub(crate) fn reset_to(&self, lsn: Lsn) -> Result<(), JournalError> {
+        let bad = |m: String| Err(JournalError::InvalidRequest(m));
+        if lsn == 0 {
+            return bad("LSNs start at 1".into());
+        }
+        let mut meta = lock(&self.meta);
+        let mut st = lock(&self.state);
+        if let Some(e) = st.failed_error() {
+            return Err(e);
+        }
+        let written = st.written_lsn;
+        if st.next_lsn != written + 1 || !st.queue.is_empty() {
+            return bad(format!(
+                "cannot reset the journal to LSN {lsn}: LSNs up to {} are still being written",
+                st.next_lsn - 1
+            ));
+        }
+        if meta.sb.checkpoint_lsn < written {
+            return bad(format!(
+                "cannot reset the journal to LSN {lsn}: records {}..={written} are not checkpointed",
+                meta.sb.checkpoint_lsn + 1
+            ));
+        }
+        if let Some((name, _)) = meta.consumers.iter().find(|(_, c)| c.acked_lsn < written) {
+            return bad(format!(
+                "cannot reset the journal to LSN {lsn}: consumer {name} still needs records"
+            ));
+        }
+        meta.sb.checkpoint_lsn = lsn - 1;
+        meta.sb.first_live_segment = meta.next_segment;
+        for c in meta.consumers.values_mut() {
+            c.acked_lsn = lsn - 1;
+            c.read_next = lsn;
+            c.marked_upto = lsn - 1;
+        }
+        meta.persist()?;
+        while let Some(s) = meta.segments.pop_front() {
+            meta.spares.push(s.number);
+        }
+        meta.spares.sort_unstable();
+        // Under the state lock: the writer sees the count before any
+        // record appended after the reset.
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        st.next_lsn = lsn;
+        st.written_lsn = lsn - 1;
+        st.durable_lsn = lsn - 1;
+        drop(st);
+        self.written_tx.send_replace(lsn - 1);
+        self.durable_tx.send_replace(lsn - 1);
+        {
+            let mut a = lock(&self.applied);
+            a.watermark = lsn - 1;
+            a.above.clear();
+        }
+        let mut cache = lock(&self.cache);
+        cache.records.clear();
+        cache.bytes = 0;
+        drop(cache);
+        self.set_pressure(&meta, false);
+        self.space_cv.notify_all();
+        tracing::info!(
+            next_lsn = lsn,
+            "journal reset (history replaced by a resync)"
+        );
+        Ok(())
     }
 
     /// Frees space when the checkpoint allows it but consumers hold the
@@ -162,9 +231,8 @@ impl Inner {
         c.read_next = upto + 1;
         c.folds += 1;
         c.fold_notice = Some(upto + 1);
-        if c.tracking() {
-            self.tracking.store(true, Ordering::SeqCst);
-        }
+        c.track = true;
+        self.tracking.store(true, Ordering::SeqCst);
         self.counters.folds.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
             consumer = name,
@@ -252,5 +320,6 @@ impl Inner {
 pub(crate) fn mark_record(bitmap: &mut DirtyBitmap, h: &RecordHeader) {
     if h.kind != RecordKind::Barrier {
         bitmap.mark(h.offset, h.length);
+        bitmap.note_write_time(h.timestamp_ns);
     }
 }

@@ -9,8 +9,7 @@ use std::path::Path;
 use crate::bitmap::sync_dir;
 use crate::config::{JournalConfig, VolumeIdentity};
 use crate::error::JournalError;
-use crate::format::{ConsumerEntry, GenerationEntry, Superblock, SUPERBLOCK_SLOT_BYTES};
-use crate::lineage::initial_generation_id;
+use crate::format::{ConsumerEntry, Superblock, SUPERBLOCK_SLOT_BYTES};
 use crate::segment::read_at_most;
 use crate::shared::Meta;
 
@@ -50,11 +49,11 @@ pub(crate) fn create_superblock(
         region_bytes: cfg.region_bytes,
         checkpoint_lsn: 0,
         first_live_segment: 0,
-        lineage: vec![GenerationEntry {
-            id: initial_generation_id(volume.uuid),
-            start_lsn: 1,
-        }],
+        // No history yet: the owner starts the first generation (a primary)
+        // or takes one over (a replica being synced).
+        lineage: Vec::new(),
         consumers: Vec::new(),
+        inconsistent: false,
     };
     let tmp = cfg.dir.join("superblock.tmp");
     let io = |e| JournalError::io("create superblock", &tmp, e);
@@ -82,6 +81,7 @@ impl Meta {
                 name: name.clone(),
                 acked_lsn: c.acked_lsn,
                 folds: c.folds,
+                compare: c.compare,
             })
             .collect();
         self.sb.sequence += 1;

@@ -81,6 +81,12 @@ pub(crate) struct CurrentSeg {
     pub(crate) info: SegInfo,
     pub(crate) offset: u64,
     pub(crate) unsynced: bool,
+    /// The LSN the next record in this segment must have: a segment holds
+    /// consecutive LSNs only.
+    pub(crate) next_lsn: Lsn,
+    /// `Inner::resets` when it was opened: after a reset the writer starts
+    /// a new segment even when the LSNs would continue.
+    pub(crate) resets: u64,
 }
 
 pub(crate) async fn sync_inner(inner: &Arc<Inner>, lsn: Lsn) -> Result<(), JournalError> {
@@ -263,11 +269,14 @@ pub(crate) fn write_batch(
     written_before: Lsn,
 ) -> (usize, Option<JournalError>) {
     let seg_bytes = inner.cfg.segment_bytes;
+    let resets = inner.resets.load(Ordering::SeqCst);
     let mut headers = vec![[0u8; RECORD_HEADER_BYTES]; batch.len()];
     let mut i = 0;
     while i < batch.len() {
         let need = batch[i].encoded_len() as u64;
-        if cur.as_ref().is_none_or(|c| c.offset + need > seg_bytes) {
+        if cur.as_ref().is_none_or(|c| {
+            c.offset + need > seg_bytes || c.next_lsn != batch[i].lsn || c.resets != resets
+        }) {
             if let Some(c) = cur.as_mut() {
                 // The finished segment is synced once, so syncs only ever
                 // need the current file.
@@ -299,6 +308,8 @@ pub(crate) fn write_batch(
                         info,
                         offset: SEGMENT_HEADER_BYTES,
                         unsynced: false,
+                        next_lsn: batch[i].lsn,
+                        resets,
                     })
                 }
                 Err(e) => return (i, Some(e)),
@@ -307,7 +318,10 @@ pub(crate) fn write_batch(
         let c = cur.as_mut().expect("segment acquired");
         let start = i;
         let mut end_off = c.offset;
-        while i < batch.len() && end_off + batch[i].encoded_len() as u64 <= seg_bytes {
+        while i < batch.len()
+            && end_off + batch[i].encoded_len() as u64 <= seg_bytes
+            && batch[i].lsn == c.next_lsn + (i - start) as u64
+        {
             let p = &batch[i];
             encode_header(&p.header(synced), &c.info.salt, &p.crc, &mut headers[i]);
             end_off += p.encoded_len() as u64;
@@ -336,6 +350,7 @@ pub(crate) fn write_batch(
                     .fetch_add(end_off - c.offset, Ordering::Relaxed);
                 c.offset = end_off;
                 c.unsynced = true;
+                c.next_lsn = batch[i - 1].lsn + 1;
             }
             Err(e) => return (start, Some(e)),
         }

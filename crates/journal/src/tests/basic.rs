@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::{JournalError, NewRecord, RecordKind};
+use crate::{GenerationEntry, JournalError, NewRecord, RecordKind};
 
 #[test]
 fn append_sync_reopen_redoes_everything() {
@@ -188,20 +188,37 @@ fn generations_are_persisted() {
     let rt = rt();
     {
         let (j, _) = open(&cfg).unwrap();
-        assert_eq!(j.lineage().len(), 1);
+        assert!(j.lineage().is_empty(), "a new journal has no history");
+        assert_eq!(j.generation(), 0);
         rt.block_on(async {
+            assert_eq!(j.start_generation(5, true).await.unwrap(), 1);
             j.append(NewRecord::trim(0, 512)).await.unwrap();
-            assert_eq!(j.start_generation(77).await.unwrap(), 2);
-            assert!(j.start_generation(77).await.is_err());
+            assert_eq!(j.start_generation(77, false).await.unwrap(), 2);
+            assert!(j.start_generation(77, false).await.is_err());
+            assert!(j.start_generation(0, false).await.is_err());
             j.append(NewRecord::trim(0, 512)).await.unwrap();
             j.sync(2).await.unwrap();
         });
     }
     let (j, rec) = open(&cfg).unwrap();
     assert_eq!(j.generation(), 77);
-    assert_eq!(j.lineage()[1], (77, 2));
+    assert_eq!(
+        j.lineage(),
+        vec![
+            GenerationEntry {
+                id: 5,
+                start_lsn: 1,
+                unknown_before: true
+            },
+            GenerationEntry {
+                id: 77,
+                start_lsn: 2,
+                unknown_before: false
+            }
+        ]
+    );
     let recs = collect(rec);
-    assert_ne!(recs[0].header.generation, 77);
+    assert_eq!(recs[0].header.generation, 5);
     assert_eq!(recs[1].header.generation, 77);
 }
 

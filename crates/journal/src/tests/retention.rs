@@ -114,6 +114,8 @@ fn slow_consumer_is_folded_and_never_blocks_writes() {
         assert!(c.next_lsn().unwrap() >= resume);
         let bm = j.consumer_bitmap("slow").unwrap();
         assert_eq!(bm, expect, "the bitmap survives a restart");
+        // Regions are cleared by a resync, which streams it again first.
+        j.begin_resync("slow", 1).await.unwrap();
         let dirty: Vec<u64> = bm.dirty_regions().collect();
         j.clear_consumer_regions("slow", dirty).await.unwrap();
         assert_eq!(j.consumer_bitmap("slow").unwrap().count(), 0);
@@ -247,4 +249,103 @@ fn consumer_names_and_ranges_are_checked() {
         assert!(j.unregister_consumer("ok").await.is_err());
     });
     assert_eq!(j.segment_files().len(), 0);
+}
+
+#[test]
+fn a_resync_streams_a_folded_consumer_again_and_keeps_what_it_still_owes() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = small_cfg(d.path());
+    let rt = rt();
+    let (j, _) = open(&cfg).unwrap();
+    rt.block_on(async {
+        let mut c = j.register_consumer("dr", 1).await.unwrap();
+        let mut pressure = j.space_pressure();
+        // Past the capacity with a consumer that never reads: folded, then
+        // marked at append.
+        let mut written = crate::DirtyBitmap::new(VOL_BYTES, cfg.region_bytes);
+        for i in 0..300u64 {
+            let off = (i * 5 * 1024) % (VOL_BYTES - 3000);
+            let lsn = j
+                .append(NewRecord::write(off, payload(3000, i as u8)))
+                .await
+                .unwrap();
+            written.mark(off, 3000);
+            j.mark_applied(lsn);
+            if *pressure.borrow_and_update() {
+                j.checkpoint(lsn).await.unwrap();
+            }
+        }
+        let info = j.consumer_dirty("dr").unwrap();
+        assert!(
+            info.needs_resync && info.regions > 0 && !info.compare,
+            "{info:?}"
+        );
+        assert!(info.dirty_since_ns.is_some());
+        // Folded: a clear from a session that sent older snapshots must
+        // not drop the marks of later records.
+        j.clear_consumer_regions("dr", written.dirty_regions().collect())
+            .await
+            .unwrap();
+        assert_eq!(j.consumer_dirty("dr").unwrap().regions, info.regions);
+        let start = j.begin_resync("dr", 1).await.unwrap();
+        // Every record before `from_lsn` is in the bitmap, every later one
+        // is streamed: together they are every write.
+        assert!(start.from_lsn > 1 && start.from_lsn <= j.written_lsn() + 1);
+        let mut covered = start.bitmap.clone();
+        loop {
+            match tokio::time::timeout(std::time::Duration::from_millis(200), c.read_batch(1 << 20))
+                .await
+            {
+                Ok(Ok(ReadBatch::Records(rs))) if !rs.is_empty() => {
+                    assert!(rs[0].header.lsn >= start.from_lsn);
+                    for r in rs {
+                        covered.mark(r.header.offset, r.header.length);
+                    }
+                }
+                Ok(Ok(ReadBatch::Folded { .. })) => {
+                    panic!("folded again right after the resync began")
+                }
+                _ => break,
+            }
+        }
+        assert_eq!(covered, written);
+        assert!(
+            !j.consumer_dirty("dr").unwrap().needs_resync,
+            "streamed, not tracked"
+        );
+        // Regions resent are cleared; a verify's mismatches are added back
+        // with compare set.
+        let first: Vec<u64> = start.bitmap.dirty_regions().take(2).collect();
+        j.clear_consumer_regions("dr", start.bitmap.dirty_regions().collect())
+            .await
+            .unwrap();
+        assert_eq!(j.consumer_dirty("dr").unwrap().regions, 0);
+        let mut mismatches = crate::DirtyBitmap::new(VOL_BYTES, cfg.region_bytes);
+        for r in &first {
+            mismatches.mark(r * cfg.region_bytes, 1);
+        }
+        j.mark_consumer_regions("dr", mismatches.clone(), true)
+            .await
+            .unwrap();
+        let info = j.consumer_dirty("dr").unwrap();
+        assert_eq!((info.regions, info.compare), (first.len() as u64, true));
+        assert_eq!(j.consumer_bitmap("dr").unwrap(), mismatches);
+        // A streaming consumer resumes where its peer stands, if held.
+        let next = c.next_lsn().unwrap();
+        let again = j.begin_resync("dr", next).await.unwrap();
+        assert_eq!(again.from_lsn, next);
+        assert!(again.compare);
+        assert!(
+            j.begin_resync("dr", 1).await.is_err(),
+            "LSN 1 is no longer held"
+        );
+    });
+    // The compare flag and the regions survive a restart.
+    drop(j);
+    let (j, _) = open(&cfg).unwrap();
+    rt.block_on(async {
+        j.register_consumer("dr", 1).await.unwrap();
+        let info = j.consumer_dirty("dr").unwrap();
+        assert!(info.compare && info.regions > 0, "{info:?}");
+    });
 }
