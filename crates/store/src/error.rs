@@ -26,6 +26,9 @@ pub enum StoreError {
     },
     #[error("volume metadata {} is corrupt: {reason}", path.display())]
     Metadata { path: PathBuf, reason: String },
+    /// A configuration value is out of range; nothing was opened.
+    #[error("store configuration: {0}")]
+    Config(String),
     #[error("internal error: {0}")]
     Internal(String),
 }

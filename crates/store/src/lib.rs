@@ -10,15 +10,19 @@
 //! cannot leave their data half-updated, so a poisoned lock is taken over
 //! (see [`lock`]) rather than propagated.
 
+mod activity;
 mod change;
 mod error;
 mod ranges;
 mod store;
+mod sync;
 mod volume_id;
 
+pub use activity::{ActivityConfig, ActivityReport};
 pub use change::{apply, Change};
 pub use error::StoreError;
 pub use store::{RecoveryReport, Store, StoreConfig};
+pub use sync::{RegionContent, RegionSnapshot, SyncWrite};
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

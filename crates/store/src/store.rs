@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 use volume::{Volume, VolumeError};
 
+use crate::activity::{ActivityConfig, ActivityLog, ActivityReport};
 use crate::change::{apply, Change};
 use crate::error::StoreError;
 use crate::lock;
@@ -29,29 +30,38 @@ pub struct StoreConfig {
     /// must match the `volume-id` file beside the journal, or is written there
     /// when the journal is created; `None` makes a new random one.
     pub volume_uuid: Option<Uuid>,
+    pub activity: ActivityConfig,
 }
 
 /// A volume behind its journal.
 pub struct Store {
-    volume: Arc<Volume>,
-    journal: Journal,
+    pub(crate) volume: Arc<Volume>,
+    pub(crate) journal: Journal,
     uuid: Uuid,
-    ranges: InflightRanges,
+    pub(crate) ranges: InflightRanges,
+    activity: ActivityLog,
     /// Set once `FALLOC_FL_ZERO_RANGE` failed: later FAST_ZERO requests are
     /// refused before anything is journaled.
     fast_zero_unavailable: AtomicBool,
     /// A volume write or fsync failed: the volume no longer matches the
     /// journal, so every later request fails until a restart redoes it.
     failed: Mutex<Option<String>>,
-    checkpoint_now: Notify,
+    checkpoint_now: Arc<Notify>,
+    /// The journal was created by this open (no history yet).
+    created: bool,
 }
 
 /// What `Store::open` found and redid.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RecoveryReport {
     pub checkpoint_lsn: Lsn,
     pub redone_records: u64,
     pub dropped_tail_bytes: u64,
+    /// The journal did not exist and was created.
+    pub created: bool,
+    /// The last run did not stop cleanly, and the ranges that may differ
+    /// from the volume as of the recovered LSN (see the activity log).
+    pub activity: ActivityReport,
 }
 
 impl Store {
@@ -62,6 +72,7 @@ impl Store {
         volume: Volume,
         cfg: StoreConfig,
     ) -> Result<(Arc<Store>, RecoveryReport), StoreError> {
+        let created = !cfg.journal.dir.join("superblock").exists();
         let uuid = load_or_create_volume_id(&cfg.journal.dir, cfg.volume_uuid)?;
         let identity = VolumeIdentity {
             uuid,
@@ -73,10 +84,24 @@ impl Store {
                 .await
                 .map_err(|e| StoreError::Internal(format!("journal open task: {e}")))??;
         let volume = Arc::new(volume);
+        let (dir, size, activity_cfg) =
+            (cfg.journal.dir.clone(), volume.size_bytes(), cfg.activity);
+        let (activity, activity_report) =
+            tokio::task::spawn_blocking(move || ActivityLog::open(&dir, activity_cfg, size))
+                .await
+                .map_err(|e| StoreError::Internal(format!("activity log open task: {e}")))??;
+        if activity_report.unclean {
+            tracing::warn!(
+                ranges = activity_report.pinned.len(),
+                "the last run did not stop cleanly: the volume's recently written ranges may hold writes the journal lost"
+            );
+        }
         let report = RecoveryReport {
             checkpoint_lsn: recovery.checkpoint_lsn,
             redone_records: recovery.remaining(),
             dropped_tail_bytes: recovery.dropped_bytes,
+            created,
+            activity: activity_report,
         };
         let last_lsn = recovery.last_lsn;
         // Redo is idempotent: each record overwrites its extent with the same
@@ -96,12 +121,16 @@ impl Store {
             journal,
             uuid,
             ranges: InflightRanges::default(),
+            activity,
             fast_zero_unavailable: AtomicBool::new(false),
             failed: Mutex::new(None),
-            checkpoint_now: Notify::new(),
+            checkpoint_now: Arc::new(Notify::new()),
+            created,
         });
         tokio::spawn(checkpointer(
             Arc::downgrade(&store),
+            store.checkpoint_now.clone(),
+            store.journal.space_pressure(),
             cfg.checkpoint_interval,
         ));
         Ok((store, report))
@@ -119,14 +148,37 @@ impl Store {
         self.uuid
     }
 
-    fn check_failed(&self) -> Result<(), StoreError> {
+    /// The journal was created when this store was opened.
+    pub fn journal_created(&self) -> bool {
+        self.created
+    }
+
+    /// The ranges an unclean stop left in the activity log have been handed
+    /// over (marked for comparison with every replica, or nobody needs
+    /// them): the log forgets them.
+    pub async fn settle_activity(&self) -> Result<(), StoreError> {
+        self.activity.settle().await
+    }
+
+    /// A clean stop: the last checkpoint (every change applied, the volume
+    /// fsynced), then the activity log is marked clean, so the next open
+    /// knows nothing can differ from the journal.
+    pub async fn close(&self) -> Result<Lsn, StoreError> {
+        let lsn = self.checkpoint().await?;
+        if self.journal.applied_lsn() == self.journal.written_lsn() {
+            self.activity.close_clean().await?;
+        }
+        Ok(lsn)
+    }
+
+    pub(crate) fn check_failed(&self) -> Result<(), StoreError> {
         match &*lock(&self.failed) {
             Some(reason) => Err(StoreError::Failed(reason.clone())),
             None => Ok(()),
         }
     }
 
-    fn fail(&self, what: String) -> StoreError {
+    pub(crate) fn fail(&self, what: String) -> StoreError {
         tracing::error!(
             "{what}: the volume no longer matches the journal; refusing further I/O. \
              Restart driftless: recovery redoes the journal onto the volume"
@@ -163,6 +215,17 @@ impl Store {
         }
         let _guard = self.ranges.acquire(offset, length).await;
         let lsn = self.journal.append(change.record()).await?;
+        // The extent is in the durable activity log before the volume can
+        // hold this write (its record may not be durable yet).
+        if let Err(err) = self
+            .activity
+            .ensure(offset, length, lsn, &self.journal)
+            .await
+        {
+            return Err(self.fail(format!(
+                "recording LSN {lsn} in the activity log failed: {err}"
+            )));
+        }
         let applied = match change {
             Change::Write { data, .. } => self.volume.write(offset, data).await,
             Change::Trim { .. } => self.volume.punch_hole(offset, length).await,
@@ -212,18 +275,29 @@ impl Store {
 
     /// Fsyncs the volume and advances the journal's checkpoint to what was
     /// applied before the fsync, so the journal can reclaim that space.
+    /// Nothing new applied: nothing to do.
     pub async fn checkpoint(&self) -> Result<Lsn, StoreError> {
         self.check_failed()?;
-        let lsn = self.journal.applied_lsn();
-        if lsn <= self.journal.checkpoint_lsn() {
-            return Ok(lsn);
+        if self.journal.applied_lsn() <= self.journal.checkpoint_lsn() {
+            return Ok(self.journal.applied_lsn());
         }
+        self.sync_checkpoint().await
+    }
+
+    /// [`Store::checkpoint`] that fsyncs the volume even when no record was
+    /// applied since the last one: resync writes are not journaled, and this
+    /// is what makes them durable.
+    pub async fn sync_checkpoint(&self) -> Result<Lsn, StoreError> {
+        self.check_failed()?;
+        let lsn = self.journal.applied_lsn();
         if let Err(err) = self.volume.sync_data().await {
             // Never retried: after a failed fsync the kernel may have dropped
             // the dirty pages, so a retry could "succeed" over lost data.
             return Err(self.fail(format!("fsync of the volume failed: {err}")));
         }
-        self.journal.checkpoint(lsn).await?;
+        if lsn > self.journal.checkpoint_lsn() {
+            self.journal.checkpoint(lsn).await?;
+        }
         Ok(lsn)
     }
 
@@ -274,29 +348,28 @@ impl Store {
 
 /// Periodic checkpoints, and early ones under journal space pressure. Holds
 /// only a weak reference so dropping the store stops it.
-async fn checkpointer(store: std::sync::Weak<Store>, interval: Duration) {
-    let Some(mut pressure) = store.upgrade().map(|s| s.journal.space_pressure()) else {
-        return;
-    };
+async fn checkpointer(
+    store: std::sync::Weak<Store>,
+    now: Arc<Notify>,
+    mut pressure: tokio::sync::watch::Receiver<bool>,
+    interval: Duration,
+) {
     // The first checkpoint comes one interval after start (open already
     // checkpointed whatever recovery redid).
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let notified = {
-            let Some(s) = store.upgrade() else { return };
-            let s2 = s.clone();
-            tokio::select! {
-                _ = tick.tick() => {}
-                changed = pressure.changed() => {
-                    if changed.is_err() { return; }
-                    if !*pressure.borrow() { continue; }
-                }
-                _ = async move { s2.checkpoint_now.notified().await } => {}
+        // No strong reference while waiting: dropping the store ends this.
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = pressure.changed() => {
+                if changed.is_err() { return; }
+                if !*pressure.borrow() { continue; }
             }
-            s
-        };
-        match notified.checkpoint().await {
+            _ = now.notified() => {}
+        }
+        let Some(s) = store.upgrade() else { return };
+        match s.checkpoint().await {
             Ok(lsn) => tracing::debug!(lsn, "checkpoint"),
             Err(StoreError::Failed(_)) => return,
             Err(err) => {
