@@ -8,6 +8,7 @@ use std::time::Duration;
 use transport::{QuicTuning, TlsIdentity};
 
 use crate::error::EngineError;
+pub use crate::proto::primary::ResyncLimits;
 
 /// How the primary waits for a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -48,6 +49,28 @@ impl std::fmt::Display for SyncPeerLossPolicy {
     }
 }
 
+/// What happens with a peer that has no history yet (a new, empty journal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialSync {
+    /// Compare every region and send the differing ones, at once.
+    Auto,
+    /// Refuse it until an operator runs `resync --full`.
+    Manual,
+}
+
+/// When a resync compares regions (BLAKE3) before sending them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResyncCompare {
+    /// For a full (tier 3) resync and regions marked by an unclean restart
+    /// or a verify; not for regions a peer missed while away (those
+    /// changed: comparing would only cost a read).
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
     /// The peer's node name = the name in its certificate (TLS server name).
@@ -85,6 +108,10 @@ pub struct PrimaryConfig {
     pub drain_timeout: Duration,
     pub tls: Arc<TlsIdentity>,
     pub quic: QuicTuning,
+    pub initial_sync: InitialSync,
+    pub resync_compare: ResyncCompare,
+    /// Resync pacing and window.
+    pub resync: ResyncLimits,
 }
 
 impl PrimaryConfig {
@@ -103,6 +130,13 @@ impl PrimaryConfig {
             drain_timeout: Duration::from_secs(5),
             tls,
             quic: QuicTuning::default(),
+            initial_sync: InitialSync::Auto,
+            resync_compare: ResyncCompare::Auto,
+            resync: ResyncLimits {
+                max_rate_bytes_per_sec: 0,
+                min_rate_bytes_per_sec: 10 << 20,
+                max_inflight_bytes: 16 << 20,
+            },
         }
     }
 
@@ -116,6 +150,9 @@ impl PrimaryConfig {
         }
         if self.keepalive_interval.is_zero() || self.peer_timeout <= self.keepalive_interval {
             return bad("keepalive_interval must be > 0 and < peer_timeout".into());
+        }
+        if self.resync.max_inflight_bytes == 0 {
+            return bad("resync max_inflight_bytes must be > 0".into());
         }
         let mut names = std::collections::BTreeSet::new();
         for p in &self.peers {

@@ -4,10 +4,10 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use journal::{LogRecord, Lsn, NewRecord};
+use journal::{GenerationEntry, LogRecord, Lsn, NewRecord};
 use tokio::io::{AsyncRead, AsyncWrite};
 use transport::{FramedConn, QuicEndpoint, QuicTuning, TlsIdentity, TransportError};
-use wire::{Hello, Limits, LineageEntry, Message, Role, WireRecord};
+use wire::{DataState, Hello, Limits, LineageEntry, Message, Role, WireRecord};
 
 use crate::config::TransportKind;
 use store::Store;
@@ -160,11 +160,6 @@ pub(crate) fn to_wire(r: &LogRecord) -> WireRecord {
     }
 }
 
-/// Bytes a record costs on the wire (for windows and lag).
-pub(crate) fn wire_bytes(r: &WireRecord) -> u64 {
-    (wire::RECORD_HEADER_BYTES + r.payload.len()) as u64
-}
-
 pub(crate) fn journal_kind(k: wire::RecordKind) -> journal::RecordKind {
     match k {
         wire::RecordKind::Write => journal::RecordKind::Write,
@@ -187,8 +182,9 @@ pub(crate) fn to_new_record(r: &WireRecord) -> NewRecord {
     }
 }
 
-/// This node's Hello for `store`: identity, volume, lineage, role and the
-/// LSN the peer should reason from (see primary/secondary for which one).
+/// This node's Hello for `store`: identity, volume, lineage, role, data
+/// state and the LSN the peer should reason from (see primary/secondary
+/// for which one).
 pub(crate) fn hello(store: &Store, node_id: &str, role: Role, durable_lsn: Lsn) -> Hello {
     let j = store.journal();
     Hello {
@@ -197,15 +193,30 @@ pub(crate) fn hello(store: &Store, node_id: &str, role: Role, durable_lsn: Lsn) 
         volume_uuid: store.volume_uuid(),
         volume_size_bytes: store.volume().size_bytes(),
         region_bytes: j.region_bytes(),
-        lineage: j
-            .lineage()
-            .into_iter()
-            .map(|(generation_id, start_lsn)| LineageEntry {
-                generation_id,
-                start_lsn,
-            })
-            .collect(),
+        lineage: j.lineage().into_iter().map(to_wire_generation).collect(),
         role,
         durable_lsn,
+        data_state: if j.is_inconsistent() {
+            DataState::Inconsistent
+        } else {
+            DataState::Consistent
+        },
+        overwrite: false,
+    }
+}
+
+pub(crate) fn to_wire_generation(g: GenerationEntry) -> LineageEntry {
+    LineageEntry {
+        generation_id: g.id,
+        start_lsn: g.start_lsn,
+        unknown_before: g.unknown_before,
+    }
+}
+
+pub(crate) fn from_wire_generation(g: LineageEntry) -> GenerationEntry {
+    GenerationEntry {
+        id: g.generation_id,
+        start_lsn: g.start_lsn,
+        unknown_before: g.unknown_before,
     }
 }

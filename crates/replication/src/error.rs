@@ -20,6 +20,12 @@ pub enum EngineError {
     /// Binding a listener or endpoint failed.
     #[error("transport: {0}")]
     Transport(#[from] transport::TransportError),
+    /// No peer of that name is configured.
+    #[error("no peer named {0:?} is configured")]
+    UnknownPeer(String),
+    /// The peer's task could not do what was asked (why).
+    #[error("{0}")]
+    Refused(String),
     /// The engine is shutting down or shut down; the request was not run.
     #[error("replication engine is shut down")]
     Shutdown,
@@ -37,7 +43,7 @@ impl From<JournalError> for EngineError {
 /// Why a secondary's session with its primary ended (shown in status and
 /// logged). Every variant ends the session; the primary reconnects.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SessionError {
+pub enum SessionError {
     #[error("peer timeout: nothing received for {0:?}")]
     Timeout(Duration),
     #[error("connection closed by primary")]
@@ -49,7 +55,7 @@ pub(crate) enum SessionError {
     #[error("protocol: {0}")]
     Batch(#[from] BatchError),
     #[error(
-        "record LSN {lsn} has generation {generation} that does not start there in the \
+        "record LSN {lsn} has generation {generation:#x} that does not start there in the \
          primary's lineage"
     )]
     UnknownGeneration { lsn: Lsn, generation: u64 },
@@ -71,6 +77,10 @@ pub(crate) enum SessionError {
         #[source]
         source: StoreError,
     },
+    /// A resync or verify operation could not be carried out; the copy
+    /// stays inconsistent.
+    #[error("resync: {0}")]
+    Resync(String),
     /// The applier ended before taking a batch (it failed first).
     #[error("applier stopped")]
     ApplierStopped,
@@ -84,7 +94,7 @@ pub(crate) enum SessionError {
 /// What is wrong with a received `Records` batch (nothing of it is
 /// journaled).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum BatchError {
+pub enum BatchError {
     #[error("records batch starts at LSN {first}, expected {expected}")]
     WrongStart { first: Lsn, expected: Lsn },
     #[error("record LSN {lsn} in a batch, expected {expected}")]

@@ -8,8 +8,10 @@
 //! - [`Secondary`] accepts one primary session at a time, journals each
 //!   record at the primary's LSN, applies in LSN order and acknowledges.
 //!
-//! The decisions (shipping window, sync gate, handshake verdicts, batch
-//! validation, lag) are sans-IO code in `core`, tested without sockets.
+//! The decisions (handshake verdicts, the per-peer session of each side
+//! with its resync and verify jobs, shipping window, sync gate, lag) are
+//! sans-IO code in [`proto`], tested without sockets; `peer` and
+//! `secondary` drive them with real I/O.
 //!
 //! Lock poisoning: the engine's locks guard per-peer bookkeeping (positions,
 //! states, lag) updated in short sections that cannot leave it half written,
@@ -18,20 +20,25 @@
 
 mod config;
 mod conn;
-mod core;
 mod error;
+mod peer;
 mod primary;
+pub mod proto;
 mod secondary;
 mod status;
 
 pub use config::{
-    PeerConfig, PeerMode, PrimaryConfig, SecondaryConfig, SyncPeerLossPolicy, TransportKind,
+    InitialSync, PeerConfig, PeerMode, PrimaryConfig, ResyncCompare, ResyncLimits, SecondaryConfig,
+    SyncPeerLossPolicy, TransportKind,
 };
-pub use error::EngineError;
+pub use error::{BatchError, EngineError, SessionError};
 pub use journal::Lsn;
 pub use primary::Primary;
 pub use secondary::Secondary;
-pub use status::{PeerState, PeerStatus, UpstreamStatus, VolumeRole, VolumeStatus};
+pub use status::{
+    ConnectionState, DiskState, GenerationStatus, JobKindStatus, JobStatus, PeerStatus,
+    ResyncReport, SyncGate, UpstreamStatus, VerifyReport, VolumeRole, VolumeStatus,
+};
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -1,28 +1,43 @@
 //! The secondary: listens for its primary over TCP+TLS and/or QUIC,
-//! journals every received record at the primary's LSN, applies records to
-//! the volume in LSN order, and acknowledges what it journaled.
+//! journals every received record at the primary's LSN, applies records,
+//! resync and verify operations to the volume in stream order, and
+//! acknowledges what it journaled and what is durable.
+//!
+//! A session runs three stages, each owning its part: the reader checks
+//! every message ([`SecondarySession`]) and queues records in the journal;
+//! the journaler waits until they are written and acknowledges them (what a
+//! sync write waits for); the applier makes them durable, then applies
+//! them and every operation in order. Records reach the volume only once
+//! durable in the journal, so a crash at any moment leaves the volume a
+//! state the primary's history passed through, up to the journal's
+//! replay. A record whose journaling fails stops the stream there: what
+//! came before it is applied, nothing after it.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use journal::{AppendHandle, Lsn};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use transport::{QuicEndpoint, TcpTlsListener, TransportError};
-use wire::{ByeCode, Hello, Message, RefuseCode, Role, WireRecord};
+use wire::{
+    ByeCode, Hello, LineageEntry, Message, RefuseCode, Role, Rollback, SyncOp, SyncOpKind,
+    WireRecord,
+};
 
 use crate::config::{SecondaryConfig, TransportKind};
 use crate::conn::{self, Conn, MsgReader, MsgWriter};
-use crate::core::{secondary_verdict, validate_batch};
 use crate::error::{EngineError, SessionError};
 use crate::lock;
-use crate::status::{volume_status, UpstreamStatus, VolumeRole, VolumeStatus};
-use store::Store;
+use crate::proto::secondary::{OpAcks, SecondarySession, Step};
+use crate::proto::verdict::secondary_verdict;
+use crate::status::{volume_status, DiskState, UpstreamStatus, VolumeRole, VolumeStatus};
+use store::{Store, SyncWrite};
 
-/// Received batches queued for the applier; bounds memory to this many
-/// frames (each ≤ the wire frame limit) per session.
-const APPLY_QUEUE_BATCHES: usize = 4;
+/// Received messages queued per stage; bounds memory to this many frames
+/// (each ≤ the wire frame limit) per stage and session.
+const APPLY_QUEUE_BATCHES: usize = 8;
 /// Outgoing messages queued for the writer.
 const OUT_QUEUE_MESSAGES: usize = 64;
 /// A replaced session of the same primary must end within this.
@@ -35,13 +50,15 @@ struct Active {
     finished: watch::Receiver<bool>,
 }
 
-/// (node id, transport, address) of a primary.
 /// What status shows of the primary side: the last primary seen, whether
 /// its session runs, and the last refused or failed connection.
 #[derive(Default)]
 struct Seen {
     upstream: Option<UpstreamStatus>,
     last_error: Option<String>,
+    /// The running session's primary sent a record stream that continues
+    /// this copy (not a resync).
+    streaming: bool,
 }
 
 struct Inner {
@@ -121,7 +138,22 @@ impl Secondary {
 
     pub fn status(&self) -> VolumeStatus {
         let seen = lock(&self.inner.seen);
-        let mut st = volume_status(&self.inner.store, VolumeRole::Secondary);
+        let j = self.inner.store.journal();
+        let connected = seen.upstream.as_ref().is_some_and(|u| u.connected);
+        // Only what this node can know of its own copy: inconsistent
+        // (persisted) while a resync into it is unfinished; no history yet;
+        // a prefix being continued by its primary; or a prefix of unknown
+        // age.
+        let disk = if j.is_inconsistent() {
+            DiskState::Inconsistent
+        } else if j.lineage().is_empty() {
+            DiskState::Unknown
+        } else if connected && seen.streaming {
+            DiskState::UpToDate
+        } else {
+            DiskState::Outdated
+        };
+        let mut st = volume_status(&self.inner.store, VolumeRole::Secondary, disk);
         st.upstream = seen.upstream.clone();
         st.last_error = seen.last_error.clone();
         st
@@ -297,6 +329,17 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
             );
         }
     };
+    // The session's identity is the verified certificate name: a Hello
+    // naming another node is refused before it can replace a session.
+    if hello.node_id != c.peer_name {
+        let why = format!(
+            "the Hello names {:?} but the certificate is {:?}",
+            hello.node_id, c.peer_name
+        );
+        refuse(&mut c, RefuseCode::IdentityMismatch, &why).await;
+        tracing::error!(primary = %c.peer_name, reason = %why, "refused primary");
+        return note_error(&inner, format!("{from}: refused: {why}"));
+    }
     // One primary session at a time; the same primary reconnecting replaces
     // its stale session.
     let mut active = inner.active.lock().await;
@@ -327,7 +370,7 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
         return;
     }
     let local = local_hello(&inner.store, &inner.cfg.node_id);
-    if let Err((code, why)) = secondary_verdict(&local, &hello) {
+    if let Err((code, why)) = secondary_verdict(&local, &hello, &c.peer_name) {
         drop(active);
         refuse(&mut c, code, &why).await;
         tracing::error!(primary = %hello.node_id, reason = %why, "refused primary");
@@ -351,8 +394,10 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
             transport,
             address: c.peer_addr.to_string(),
             connected: true,
+            resyncing: false,
         }),
         last_error: None,
+        streaming: false,
     };
     tracing::info!(primary = %hello.node_id, %transport, next_lsn = local.durable_lsn + 1, "primary session started");
     let result = session(&inner, c, &hello, stop).await;
@@ -366,20 +411,50 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
         .is_some_and(|a| a.finished.same_channel(&fin_tx.subscribe()))
     {
         *active = None;
-        if let Some(u) = lock(&inner.seen).upstream.as_mut() {
+        let mut seen = lock(&inner.seen);
+        seen.streaming = false;
+        if let Some(u) = seen.upstream.as_mut() {
             u.connected = false;
+            u.resyncing = false;
         }
     }
     let _ = fin_tx.send(true);
 }
-
-type Batch = Vec<(WireRecord, AppendHandle)>;
 
 /// How often a secondary makes what it received durable on its own.
 const SECONDARY_SYNC_INTERVAL: Duration = Duration::from_millis(20);
 
 /// At most one unsolicited durable-LSN Ack per this interval.
 const ACK_COALESCE: Duration = Duration::from_millis(10);
+
+/// Resync data applied since the last checkpoint that forces one before
+/// more is applied (its `SyncAck` lets the primary send more).
+const SYNC_CHECKPOINT_BYTES: u64 = 8 << 20;
+
+/// The reader's queue to the journaler, in stream order.
+enum Journaling {
+    Records(Vec<(WireRecord, AppendHandle)>),
+    Ops(Vec<SyncOp>),
+    /// Answered once everything before it is applied.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The journaler's queue to the applier: the same, records written.
+enum Applying {
+    Records(Vec<WireRecord>),
+    Ops(Vec<SyncOp>),
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Marks in status whether the primary continues this copy or resyncs it.
+fn note_phase(inner: &Inner, resyncing: bool) {
+    let consistent = !inner.store.journal().is_inconsistent();
+    let mut seen = lock(&inner.seen);
+    seen.streaming = !resyncing && consistent;
+    if let Some(u) = seen.upstream.as_mut() {
+        u.resyncing = resyncing;
+    }
+}
 
 async fn session(
     inner: &Arc<Inner>,
@@ -394,16 +469,34 @@ async fn session(
         ..
     } = c;
     let (out_tx, out_rx) = mpsc::channel::<Message>(OUT_QUEUE_MESSAGES);
-    let (apply_tx, apply_rx) = mpsc::channel::<Batch>(APPLY_QUEUE_BATCHES);
+    let (journal_tx, journal_rx) = mpsc::channel::<Journaling>(APPLY_QUEUE_BATCHES);
+    let (apply_tx, apply_rx) = mpsc::channel::<Applying>(APPLY_QUEUE_BATCHES);
     let writer_task = tokio::spawn(write_loop(inner.store.clone(), writer, out_rx));
-    let applier = tokio::spawn(apply_loop(inner.store.clone(), apply_rx, out_tx.clone()));
+    let journaler = tokio::spawn(journal_loop(
+        inner.store.clone(),
+        journal_rx,
+        apply_tx,
+        out_tx.clone(),
+    ));
+    let applier = tokio::spawn(apply_loop(inner.clone(), apply_rx, out_tx.clone()));
     let syncer = tokio::spawn(sync_pump(inner.store.clone()));
+    let j = inner.store.journal();
+    let mut proto = SecondarySession::new(
+        inner.store.volume().size_bytes(),
+        j.next_lsn(),
+        j.generation(),
+        hello.lineage.clone(),
+    );
     // Not cancelled from outside: read_loop stops only between messages, so
     // a batch is never admitted to the journal without reaching the applier.
-    let result = read_loop(inner, &mut reader, hello, &apply_tx, &out_tx, &stop).await;
+    let result = read_loop(inner, &mut reader, &mut proto, &journal_tx, &out_tx, &stop).await;
     // Everything admitted to the journal is applied before the session
     // ends, so the volume never misses a journaled record.
-    drop(apply_tx);
+    drop(journal_tx);
+    let journaled = journaler
+        .await
+        .map_err(|e| SessionError::ApplierTask(e.to_string()))
+        .and_then(|r| r);
     let applied = applier
         .await
         .map_err(|e| SessionError::ApplierTask(e.to_string()))
@@ -432,20 +525,21 @@ async fn session(
     let _ = tokio::time::timeout(Duration::from_secs(2), writer_task).await;
     guard.linger(LINGER).await;
     drop(guard);
-    result.and(applied)
+    result.and(journaled).and(applied)
 }
 
 async fn read_loop(
     inner: &Inner,
     reader: &mut MsgReader,
-    hello: &Hello,
-    apply_tx: &mpsc::Sender<Batch>,
+    proto: &mut SecondarySession,
+    journal_tx: &mpsc::Sender<Journaling>,
     out_tx: &mpsc::Sender<Message>,
     stop: &tokio::sync::Notify,
 ) -> Result<(), SessionError> {
     let store = &inner.store;
     let t = inner.cfg.peer_timeout;
     let mut closing = inner.closing.subscribe();
+    let mut first = true;
     loop {
         // Stop requests are taken only here, between messages (recv is
         // cancel-safe: a partial frame stays in the decoder).
@@ -460,139 +554,386 @@ async fn read_loop(
             Ok(Err(e)) => return Err(SessionError::Transport(e)),
             Ok(Ok(m)) => m,
         };
-        match msg {
-            Message::Records { first_lsn, records } => {
-                let next = pending_next(store);
-                validate_batch(next, first_lsn, &records)?;
-                let mut batch = Vec::with_capacity(records.len());
-                let mut failed = None;
-                for r in records {
-                    match admit(store, hello, &r).await {
-                        Ok(h) => batch.push((r, h)),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
+        for step in proto.handle(msg)? {
+            match step {
+                Step::Adopt(g) => {
+                    let generation = g.generation_id;
+                    store
+                        .journal()
+                        .adopt_generation(conn::from_wire_generation(g))
+                        .await
+                        .map_err(|source| SessionError::AdoptGeneration { generation, source })?;
+                }
+                Step::Records(records) => admit(store, records, journal_tx).await?,
+                Step::Flush(lsn) => {
+                    let store = store.clone();
+                    let out = out_tx.clone();
+                    tokio::spawn(async move {
+                        match store.journal().sync(lsn).await {
+                            Ok(()) => {
+                                let _ = out.send(Message::FlushAck { lsn }).await;
+                            }
+                            Err(e) => {
+                                tracing::error!(lsn, error = %e, "flush for the primary failed")
+                            }
                         }
+                    });
+                }
+                Step::BeginResync {
+                    job,
+                    stream_from,
+                    rollback_from,
+                    lineage,
+                } => {
+                    let rollback = begin_resync(
+                        inner,
+                        journal_tx,
+                        out_tx,
+                        stream_from,
+                        rollback_from,
+                        lineage,
+                    )
+                    .await?;
+                    tracing::warn!(
+                        job,
+                        stream_from,
+                        ?rollback,
+                        "resync into this node begins: the copy is inconsistent until it ends"
+                    );
+                    let _ = out_tx.send(proto.begun(job, rollback)).await;
+                }
+                Step::Ops(ops) => {
+                    if journal_tx.send(Journaling::Ops(ops)).await.is_err() {
+                        return Err(SessionError::ApplierStopped);
                     }
                 }
-                // What was admitted is in the journal: it must be applied
-                // even if the rest of the batch failed.
-                if !batch.is_empty() && apply_tx.send(batch).await.is_err() {
-                    return Err(SessionError::ApplierStopped);
+                Step::Reply(m) => {
+                    let _ = out_tx.send(m).await;
+                }
+                Step::Close(text) => {
+                    tracing::info!(%text, "primary ends the session");
+                    return Ok(());
+                }
+            }
+        }
+        if first || proto.resync_job().is_none() {
+            note_phase(inner, proto.resync_job().is_some());
+            first = false;
+        }
+    }
+}
+
+/// Queues records in the journal at the primary's LSNs and hands them to
+/// the journaler. A record that cannot be queued ends the session: the
+/// ones before it are still handed over (they are in the journal), none
+/// after it is taken.
+async fn admit(
+    store: &Store,
+    records: Vec<WireRecord>,
+    journal_tx: &mpsc::Sender<Journaling>,
+) -> Result<(), SessionError> {
+    let mut batch = Vec::with_capacity(records.len());
+    let mut failed = None;
+    for r in records {
+        match store
+            .append_replica(r.lsn, r.generation, conn::to_new_record(&r), r.blake3)
+            .await
+        {
+            Ok(h) => batch.push((r, h)),
+            Err(source) => {
+                failed = Some(SessionError::Journal { lsn: r.lsn, source });
+                break;
+            }
+        }
+    }
+    if !batch.is_empty() && journal_tx.send(Journaling::Records(batch)).await.is_err() {
+        return Err(SessionError::ApplierStopped);
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Becomes a resync target: everything received so far applied and
+/// durable, the copy marked inconsistent (persisted before anything of the
+/// resync touches it), the ranges of its own records since `rollback_from`
+/// asked for, the journal restarted at `stream_from` under the primary's
+/// lineage.
+async fn begin_resync(
+    inner: &Inner,
+    journal_tx: &mpsc::Sender<Journaling>,
+    out_tx: &mpsc::Sender<Message>,
+    stream_from: Lsn,
+    rollback_from: Option<Lsn>,
+    lineage: Vec<LineageEntry>,
+) -> Result<Rollback, SessionError> {
+    let store = &inner.store;
+    let j = store.journal();
+    let (tx, rx) = oneshot::channel();
+    if journal_tx.send(Journaling::Barrier(tx)).await.is_err() || rx.await.is_err() {
+        return Err(SessionError::ApplierStopped);
+    }
+    let resync_err = |what: &str, e: String| SessionError::Resync(format!("{what}: {e}"));
+    j.set_inconsistent(true)
+        .await
+        .map_err(|e| resync_err("marking the copy inconsistent", e.to_string()))?;
+    note_phase(inner, true);
+    let rollback = match rollback_from {
+        None => Rollback::None,
+        Some(from) if from > j.written_lsn() => Rollback::Listed { ranges: 0 },
+        Some(from) => match j.records_since(from).await {
+            Ok(Some(records)) => {
+                let mut touched =
+                    journal::DirtyBitmap::new(store.volume().size_bytes(), j.region_bytes());
+                for r in records.iter().filter(|r| r.length > 0) {
+                    touched.mark(r.offset, r.length);
+                }
+                let mut ranges = 0;
+                let mut next = 0;
+                while let Some(first) = touched.next_dirty(next) {
+                    let mut last = first;
+                    while touched.next_dirty(last + 1) == Some(last + 1) {
+                        last += 1;
+                    }
+                    next = last + 1;
+                    let (offset, _) = touched.region_range(first, store.volume().size_bytes());
+                    let (end_off, end_len) =
+                        touched.region_range(last, store.volume().size_bytes());
+                    let _ = out_tx
+                        .send(Message::SyncNeed {
+                            offset,
+                            len: end_off + end_len - offset,
+                        })
+                        .await;
+                    ranges += 1;
+                }
+                Rollback::Listed { ranges }
+            }
+            Ok(None) => Rollback::Unknown,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing the records to roll back failed: every region is compared");
+                Rollback::Unknown
+            }
+        },
+    };
+    store
+        .sync_checkpoint()
+        .await
+        .map_err(|e| resync_err("checkpointing before the resync", e.to_string()))?;
+    j.reset_to(stream_from)
+        .await
+        .map_err(|e| resync_err("restarting the journal", e.to_string()))?;
+    j.set_lineage(
+        lineage
+            .into_iter()
+            .map(conn::from_wire_generation)
+            .collect(),
+    )
+    .await
+    .map_err(|e| resync_err("taking the primary's lineage over", e.to_string()))?;
+    Ok(rollback)
+}
+
+/// Per batch: waits until its records are written to the journal and
+/// acknowledges them as journaled (what a sync write waits for), then hands
+/// them to the applier. A record that failed stops the stream after the
+/// ones before it.
+async fn journal_loop(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Journaling>,
+    tx: mpsc::Sender<Applying>,
+    out: mpsc::Sender<Message>,
+) -> Result<(), SessionError> {
+    while let Some(item) = rx.recv().await {
+        let next = match item {
+            Journaling::Records(batch) => {
+                let mut records = Vec::with_capacity(batch.len());
+                let mut failed = None;
+                for (r, h) in batch {
+                    if let Err(e) = h.written().await {
+                        failed = Some(SessionError::Journal {
+                            lsn: r.lsn,
+                            source: e.into(),
+                        });
+                        break;
+                    }
+                    records.push(r);
+                }
+                if !records.is_empty() {
+                    let j = store.journal();
+                    let _ = out
+                        .send(Message::Ack {
+                            durable_lsn: j.durable_lsn(),
+                            journaled_lsn: Some(j.written_lsn()),
+                        })
+                        .await;
+                    if tx.send(Applying::Records(records)).await.is_err() {
+                        return Err(SessionError::ApplierStopped);
+                    }
                 }
                 if let Some(e) = failed {
                     return Err(e);
                 }
+                continue;
             }
-            Message::Flush { lsn } => {
-                if lsn > pending_next(store).saturating_sub(1) {
-                    return Err(SessionError::Protocol(format!(
-                        "Flush of LSN {lsn} beyond the records received"
-                    )));
-                }
-                let store = store.clone();
-                let out = out_tx.clone();
-                tokio::spawn(async move {
-                    match store.journal().sync(lsn).await {
-                        Ok(()) => {
-                            let _ = out.send(Message::FlushAck { lsn }).await;
-                        }
-                        Err(e) => tracing::error!(lsn, error = %e, "flush for the primary failed"),
-                    }
-                });
-            }
-            Message::Ping { nonce } => {
-                let _ = out_tx.send(Message::Pong { nonce }).await;
-            }
-            Message::Pong { .. } => {}
-            Message::Bye { code, text } => {
-                tracing::info!(?code, %text, "primary said bye");
-                return Ok(());
-            }
-            other => {
-                return Err(SessionError::Protocol(format!(
-                    "unexpected {:?} from a primary",
-                    other.message_type()
-                )))
-            }
+            Journaling::Ops(ops) => Applying::Ops(ops),
+            Journaling::Barrier(done) => Applying::Barrier(done),
+        };
+        if tx.send(next).await.is_err() {
+            return Err(SessionError::ApplierStopped);
         }
     }
+    Ok(())
 }
 
-/// Next LSN the journal will accept (includes queued, not yet written).
-fn pending_next(store: &Store) -> Lsn {
-    store.journal().next_lsn()
-}
-
-/// Queues one received record in the journal at the primary's LSN (taking
-/// over the primary's generation where the record starts one).
-async fn admit(store: &Store, hello: &Hello, r: &WireRecord) -> Result<AppendHandle, SessionError> {
-    if r.generation != store.journal().generation() {
-        adopt(store, hello, r).await?;
-    }
-    store
-        .append_replica(r.lsn, r.generation, conn::to_new_record(r), r.blake3)
-        .await
-        .map_err(|source| SessionError::Journal { lsn: r.lsn, source })
-}
-
-/// The primary's record starts a generation of its lineage: take it over.
-async fn adopt(store: &Store, hello: &Hello, r: &WireRecord) -> Result<(), SessionError> {
-    let known = hello
-        .lineage
-        .iter()
-        .any(|g| g.generation_id == r.generation && g.start_lsn == r.lsn);
-    if !known {
-        return Err(SessionError::UnknownGeneration {
-            lsn: r.lsn,
-            generation: r.generation,
-        });
-    }
-    store
-        .journal()
-        .adopt_generation(r.generation, r.lsn)
-        .await
-        .map_err(|source| SessionError::AdoptGeneration {
-            generation: r.generation,
-            source,
-        })
-}
-
-/// Per batch: waits until it is written to the journal, acknowledges it as
-/// journaled (what a sync write waits for), then applies it in LSN order.
+/// Applies in stream order: records once durable in the journal, resync
+/// writes and checks as they come. Resync writes are not journaled: they
+/// are acknowledged (`SyncAck`) only after a checkpoint fsynced them, when
+/// the queue runs dry or enough was written.
 async fn apply_loop(
-    store: Arc<Store>,
-    mut rx: mpsc::Receiver<Batch>,
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<Applying>,
     out: mpsc::Sender<Message>,
 ) -> Result<(), SessionError> {
-    while let Some(batch) = rx.recv().await {
-        let mut records = Vec::with_capacity(batch.len());
-        for (r, h) in batch {
-            h.written().await.map_err(|e| SessionError::Journal {
-                lsn: r.lsn,
-                source: e.into(),
-            })?;
-            records.push(r);
+    let store = &inner.store;
+    let mut acks = OpAcks::default();
+    let mut unsynced_bytes = 0u64;
+    loop {
+        let item = match rx.try_recv() {
+            Ok(item) => item,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                make_durable(store, &mut acks, &mut unsynced_bytes, &out).await?;
+                match rx.recv().await {
+                    Some(item) => item,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        match item {
+            Applying::Records(records) => {
+                let last = records.last().map_or(0, |r| r.lsn);
+                store
+                    .journal()
+                    .sync(last)
+                    .await
+                    .map_err(|e| SessionError::Journal {
+                        lsn: last,
+                        source: e.into(),
+                    })?;
+                for r in records {
+                    store
+                        .apply_replica(
+                            r.lsn,
+                            conn::journal_kind(r.kind),
+                            r.offset,
+                            r.len,
+                            r.payload,
+                        )
+                        .await
+                        .map_err(|source| SessionError::Apply { lsn: r.lsn, source })?;
+                }
+            }
+            Applying::Ops(ops) => {
+                for op in ops {
+                    apply_op(&inner, op.clone(), &mut acks, &mut unsynced_bytes, &out).await?;
+                    if unsynced_bytes >= SYNC_CHECKPOINT_BYTES {
+                        make_durable(store, &mut acks, &mut unsynced_bytes, &out).await?;
+                    }
+                }
+            }
+            Applying::Barrier(done) => {
+                let _ = done.send(());
+            }
         }
-        let j = store.journal();
-        let _ = out
-            .send(Message::Ack {
-                durable_lsn: j.durable_lsn(),
-                journaled_lsn: Some(j.written_lsn()),
-            })
-            .await;
-        for r in records {
+    }
+    make_durable(store, &mut acks, &mut unsynced_bytes, &out).await
+}
+
+/// One resync or verify operation, after everything before it.
+async fn apply_op(
+    inner: &Inner,
+    op: SyncOp,
+    acks: &mut OpAcks,
+    unsynced_bytes: &mut u64,
+    out: &mpsc::Sender<Message>,
+) -> Result<(), SessionError> {
+    let store = &inner.store;
+    let failed = |what: &str, e: store::StoreError| {
+        SessionError::Resync(format!("{what} at {}+{}: {e}", op.offset, op.len))
+    };
+    match op.kind {
+        SyncOpKind::Data => {
             store
-                .apply_replica(
-                    r.lsn,
-                    conn::journal_kind(r.kind),
-                    r.offset,
-                    r.len,
-                    r.payload,
-                )
+                .apply_sync(op.offset, op.len, SyncWrite::Data(op.data.clone()))
                 .await
-                .map_err(|source| SessionError::Apply { lsn: r.lsn, source })?;
+                .map_err(|e| failed("writing resync data", e))?;
+            *unsynced_bytes += op.len;
         }
+        SyncOpKind::Zero => {
+            store
+                .apply_sync(op.offset, op.len, SyncWrite::Zero)
+                .await
+                .map_err(|e| failed("zeroing", e))?;
+            *unsynced_bytes += 1;
+        }
+        SyncOpKind::Check | SyncOpKind::Verify => {
+            let digest = store
+                .digest(op.offset, op.len)
+                .await
+                .map_err(|e| failed("hashing", e))?;
+            if digest != op.blake3 {
+                let msg = if op.kind == SyncOpKind::Check {
+                    Message::SyncNeed {
+                        offset: op.offset,
+                        len: op.len,
+                    }
+                } else {
+                    Message::VerifyMismatch {
+                        seq: op.seq,
+                        offset: op.offset,
+                        len: op.len,
+                    }
+                };
+                let _ = out.send(msg).await;
+            }
+        }
+        SyncOpKind::End => {
+            // Every write before End durable, then the flag, and only then
+            // End's ack: the primary calls the copy up to date on it.
+            make_durable(store, acks, unsynced_bytes, out).await?;
+            store
+                .journal()
+                .set_inconsistent(false)
+                .await
+                .map_err(|e| SessionError::Resync(format!("marking the copy consistent: {e}")))?;
+            note_phase(inner, false);
+            tracing::info!("resync into this node is done: the copy is consistent");
+            acks.applied(op.seq);
+            return make_durable(store, acks, unsynced_bytes, out).await;
+        }
+    }
+    acks.applied(op.seq);
+    Ok(())
+}
+
+/// A checkpoint (volume fsync) if any operation awaits one, then its ack.
+async fn make_durable(
+    store: &Store,
+    acks: &mut OpAcks,
+    unsynced_bytes: &mut u64,
+    out: &mpsc::Sender<Message>,
+) -> Result<(), SessionError> {
+    if !acks.pending() {
+        return Ok(());
+    }
+    if *unsynced_bytes > 0 {
+        store
+            .sync_checkpoint()
+            .await
+            .map_err(|e| SessionError::Resync(format!("checkpointing resync writes: {e}")))?;
+        *unsynced_bytes = 0;
+    }
+    if let Some(m) = acks.made_durable() {
+        let _ = out.send(m).await;
     }
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! What `driftless status` (and `status --json`) shows for one volume on one
 //! node: typed states, serialized with serde, built by `Primary::status` and
 //! `Secondary::status` without side effects.
+//!
+//! A peer's connection (can we talk to it) is kept apart from its copy's
+//! data state (what its volume holds): a disconnected peer may hold a good
+//! prefix, a connected one may be mid-resync.
 
 use serde::{Deserialize, Serialize};
 use store::Store;
@@ -24,39 +28,146 @@ impl std::fmt::Display for VolumeRole {
     }
 }
 
-/// Where a peer session stands, as the primary sees it.
+/// Whether a session with a peer runs.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub enum PeerState {
+pub enum ConnectionState {
     /// Dialing or handshaking.
     Connecting,
-    /// Streaming.
+    /// A session runs.
     Connected,
     /// The last session ended; reconnecting after a backoff.
     Disconnected,
     /// The peer or this node refused the session (identity, volume, size,
-    /// lineage); `last_error` says why. Retried, but not expected to change
+    /// history); `last_error` says why. Retried, but not expected to change
     /// without an operator.
     Refused,
-    /// The peer fell behind past the journal cap (or its history cannot
-    /// continue by streaming): not streamed to until it is resynced.
-    NeedsResync,
-    /// A sync peer that writes no longer wait for (lost past the sync-peer
-    /// loss policy, or catching up).
+}
+
+/// What a copy of the volume holds, as far as it is proved.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskState {
+    /// Exactly the primary's volume as of some LSN, and the stream covers
+    /// the rest.
+    UpToDate,
+    /// A resync into it is running (see the job's progress).
+    Syncing,
+    /// Not a prefix of the history: a resync was interrupted, has not
+    /// started, or a verify found differing regions.
+    Inconsistent,
+    /// A prefix of the history, known to be behind (disconnected, or owed
+    /// regions it missed while away).
+    Outdated,
+    /// Both sides wrote after a common generation.
+    SplitBrain,
+    /// Nothing is proved yet (not connected since start, refused).
+    Unknown,
+}
+
+impl std::fmt::Display for ConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            ConnectionState::Connecting => "connecting",
+            ConnectionState::Connected => "connected",
+            ConnectionState::Disconnected => "disconnected",
+            ConnectionState::Refused => "refused",
+        })
+    }
+}
+
+impl std::fmt::Display for DiskState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            DiskState::UpToDate => "up-to-date",
+            DiskState::Syncing => "syncing",
+            DiskState::Inconsistent => "inconsistent",
+            DiskState::Outdated => "outdated",
+            DiskState::SplitBrain => "split-brain",
+            DiskState::Unknown => "unknown",
+        })
+    }
+}
+
+/// Whether writes wait for a sync peer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SyncGate {
+    /// Writes are acknowledged once it has them.
+    InSync,
+    /// Its session is lost; writes wait for it (suspend policy) until the
+    /// timeout degrades it.
+    Waiting,
+    /// Writes do not wait for it (lost past the policy, resyncing or
+    /// catching up).
     Degraded,
 }
 
-impl std::fmt::Display for PeerState {
+impl std::fmt::Display for SyncGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.pad(match self {
-            PeerState::Connecting => "connecting",
-            PeerState::Connected => "connected",
-            PeerState::Disconnected => "disconnected",
-            PeerState::Refused => "refused",
-            PeerState::NeedsResync => "needs-resync",
-            PeerState::Degraded => "degraded",
+            SyncGate::InSync => "in-sync",
+            SyncGate::Waiting => "waiting",
+            SyncGate::Degraded => "degraded",
         })
     }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKindStatus {
+    Resync,
+    Verify,
+}
+
+/// A running resync or verify.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct JobStatus {
+    pub kind: JobKindStatus,
+    pub id: u64,
+    /// Every region is walked.
+    pub full: bool,
+    /// Regions read again because writes to them overtook their read.
+    pub stale_reads: u64,
+    /// Regions are compared before they are sent.
+    pub compare: bool,
+    pub regions_total: u64,
+    pub regions_done: u64,
+    /// Data sent (resync).
+    pub bytes_sent: u64,
+    /// Differing regions found so far (verify).
+    pub mismatches: u64,
+    /// Regions handled per second, in bytes.
+    pub rate_bytes_per_sec: f64,
+    /// The pace the job may use now (0: no cap).
+    pub rate_limit_bytes_per_sec: u64,
+    pub eta_seconds: Option<f64>,
+}
+
+/// The last resync of a peer that ran to its end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct ResyncReport {
+    pub job: u64,
+    /// Every region was walked (an initial sync, `resync --full`).
+    pub full: bool,
+    /// Regions were compared before data was sent.
+    pub compare: bool,
+    pub regions: u64,
+    /// Region data sent (identical and zero regions cost none).
+    pub bytes_sent: u64,
+    pub seconds: f64,
+}
+
+/// The last verify of a peer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub job: u64,
+    pub regions: u64,
+    pub mismatches: u64,
+    /// The first differing ranges (offset, length), at most 64.
+    pub ranges: Vec<(u64, u64)>,
+    /// A resync of them was started.
+    pub repaired: bool,
 }
 
 /// One volume on one node.
@@ -65,14 +176,13 @@ pub struct VolumeStatus {
     pub role: VolumeRole,
     pub volume_uuid: String,
     pub generation: u64,
-    pub lineage: Vec<(u64, u64)>,
+    pub lineage: Vec<GenerationStatus>,
     pub written_lsn: u64,
     pub durable_lsn: u64,
     pub applied_lsn: u64,
     pub checkpoint_lsn: u64,
-    /// `false` while the volume is not a prefix of the primary's history
-    /// (during a bitmap resync, not implemented yet).
-    pub consistent: bool,
+    /// This node's own copy.
+    pub disk: DiskState,
     /// Primary: what writes do while a sync peer is gone.
     pub sync_peer_loss_policy: Option<String>,
     /// Primary: its peers.
@@ -81,6 +191,13 @@ pub struct VolumeStatus {
     pub upstream: Option<UpstreamStatus>,
     /// Secondary: the last refused or failed incoming connection.
     pub last_error: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GenerationStatus {
+    pub id: u64,
+    pub start_lsn: u64,
+    pub unknown_before: bool,
 }
 
 impl VolumeStatus {
@@ -96,17 +213,26 @@ pub struct PeerStatus {
     pub mode: PeerMode,
     pub transport: TransportKind,
     pub address: String,
-    pub state: PeerState,
-    /// Highest LSN the peer journaled (and applied).
+    pub connection: ConnectionState,
+    pub disk: DiskState,
+    /// Sync peers: whether writes wait for it.
+    pub sync_gate: Option<SyncGate>,
+    /// A running resync or verify.
+    pub job: Option<JobStatus>,
+    pub last_resync: Option<ResyncReport>,
+    pub last_verify: Option<VerifyReport>,
+    /// Highest LSN the peer journaled.
     pub acked_lsn: u64,
     /// Highest LSN durable on the peer.
     pub durable_lsn: u64,
+    /// Journal bytes not yet acknowledged plus the owed regions' bytes.
     pub lag_bytes: u64,
     pub lag_records: u64,
-    /// Age of the oldest write the peer has not acknowledged.
+    /// Age of the oldest write the peer does not hold.
     pub lag_seconds: f64,
     pub throughput_bytes_per_sec: f64,
     pub last_error: Option<String>,
+    /// Regions owed to the peer (to resync).
     pub dirty_regions: u64,
 }
 
@@ -119,22 +245,32 @@ pub struct UpstreamStatus {
     pub address: String,
     /// `true` while its session runs.
     pub connected: bool,
+    /// A resync into this node runs.
+    pub resyncing: bool,
 }
 
 /// The volume-level part of a status, from the store; callers fill in the
 /// role-specific fields.
-pub(crate) fn volume_status(store: &Store, role: VolumeRole) -> VolumeStatus {
+pub(crate) fn volume_status(store: &Store, role: VolumeRole, disk: DiskState) -> VolumeStatus {
     let j = store.journal();
     VolumeStatus {
         role,
         volume_uuid: store.volume_uuid().to_string(),
         generation: j.generation(),
-        lineage: j.lineage(),
+        lineage: j
+            .lineage()
+            .into_iter()
+            .map(|g| GenerationStatus {
+                id: g.id,
+                start_lsn: g.start_lsn,
+                unknown_before: g.unknown_before,
+            })
+            .collect(),
         written_lsn: j.written_lsn(),
         durable_lsn: j.durable_lsn(),
         applied_lsn: j.applied_lsn(),
         checkpoint_lsn: j.checkpoint_lsn(),
-        consistent: true,
+        disk,
         sync_peer_loss_policy: None,
         peers: Vec::new(),
         upstream: None,

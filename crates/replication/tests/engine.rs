@@ -10,10 +10,10 @@ use bytes::Bytes;
 use journal::JournalConfig;
 use rand::{Rng, SeedableRng};
 use replication::{
-    PeerConfig, PeerMode, PeerState, Primary, PrimaryConfig, Secondary, SecondaryConfig,
-    SyncPeerLossPolicy, TransportKind, VolumeStatus,
+    ConnectionState, DiskState, PeerConfig, PeerMode, PeerStatus, Primary, PrimaryConfig,
+    Secondary, SecondaryConfig, SyncGate, SyncPeerLossPolicy, TransportKind, VolumeStatus,
 };
-use store::{Change, Store, StoreConfig};
+use store::{Change, RecoveryReport, Store, StoreConfig};
 use transport::{create_ca, create_node_cert, CaPaths, TlsIdentity};
 use uuid::Uuid;
 use volume::{Volume, VolumeOptions};
@@ -65,7 +65,12 @@ fn journal_cfg(dir: &Path) -> JournalConfig {
     j
 }
 
-async fn open_store_with(dir: &Path, uuid: Uuid, size: u64, j: JournalConfig) -> Arc<Store> {
+async fn open_store_with(
+    dir: &Path,
+    uuid: Uuid,
+    size: u64,
+    j: JournalConfig,
+) -> (Arc<Store>, RecoveryReport) {
     let volume = Volume::open(
         &dir.join("volume.img"),
         VolumeOptions {
@@ -79,12 +84,18 @@ async fn open_store_with(dir: &Path, uuid: Uuid, size: u64, j: JournalConfig) ->
         journal: j,
         checkpoint_interval: Duration::from_millis(200),
         volume_uuid: Some(uuid),
+        activity: Default::default(),
     };
-    Store::open(volume, cfg).await.unwrap().0
+    Store::open(volume, cfg).await.unwrap()
+}
+
+/// A store and what opening it found (a primary needs both).
+async fn open_primary_store(dir: &Path, uuid: Uuid) -> (Arc<Store>, RecoveryReport) {
+    open_store_with(dir, uuid, VOL_BYTES, journal_cfg(&dir.join("journal"))).await
 }
 
 async fn open_store(dir: &Path, uuid: Uuid) -> Arc<Store> {
-    open_store_with(dir, uuid, VOL_BYTES, journal_cfg(&dir.join("journal"))).await
+    open_primary_store(dir, uuid).await.0
 }
 
 fn peer(name: &str, mode: PeerMode, transport: TransportKind, address: SocketAddr) -> PeerConfig {
@@ -161,8 +172,36 @@ async fn workload(p: &Primary, rng: &mut rand::rngs::StdRng, n: usize) -> u64 {
     last
 }
 
-fn digest(dir: &Path) -> blake3::Hash {
-    blake3::hash(&std::fs::read(dir.join("volume.img")).unwrap())
+/// The two volumes are byte-identical; if not, names the differing
+/// regions.
+fn assert_same_volume(a: &Path, b: &Path) {
+    let (x, y) = (
+        std::fs::read(a.join("volume.img")).unwrap(),
+        std::fs::read(b.join("volume.img")).unwrap(),
+    );
+    assert_eq!(x.len(), y.len(), "volume sizes differ");
+    let differing: Vec<usize> = x
+        .chunks(REGION_BYTES as usize)
+        .zip(y.chunks(REGION_BYTES as usize))
+        .enumerate()
+        .filter(|(_, (p, q))| p != q)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} of {} regions differ, first ones: {:?}",
+        differing.len(),
+        x.len() / REGION_BYTES as usize,
+        &differing[..differing.len().min(16)]
+    );
+}
+
+/// Engine logs in the test's output (`RUST_LOG=info` to see them).
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -173,11 +212,29 @@ async fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn peer_state(s: &VolumeStatus, name: &str) -> replication::PeerStatus {
+fn peer_state(s: &VolumeStatus, name: &str) -> PeerStatus {
     s.peer(name).unwrap().clone()
 }
 
+/// Connected, and its copy proved to be the primary's (no job running).
+fn up_to_date(st: &PeerStatus) -> bool {
+    st.connection == ConnectionState::Connected
+        && st.disk == DiskState::UpToDate
+        && st.job.is_none()
+}
+
+async fn wait_up_to_date(p: &Primary, peer: &str, timeout: Duration) {
+    wait_for(&format!("{peer} up to date"), timeout, || {
+        up_to_date(&peer_state(&p.status(), peer))
+    })
+    .await;
+}
+
 async fn quiesce(p: &Primary, secs: &[&Arc<Store>]) {
+    wait_for("every peer up to date", Duration::from_secs(30), || {
+        p.status().peers.iter().all(up_to_date)
+    })
+    .await;
     let written = p.store().journal().written_lsn();
     wait_for(
         "replicas to apply everything",
@@ -193,6 +250,7 @@ async fn quiesce(p: &Primary, secs: &[&Arc<Store>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
+    logs();
     let pki = Pki::new();
     let uuid = Uuid::new_v4();
     let (dp, da, db) = (
@@ -200,15 +258,14 @@ async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let (sp, sa, sb) = (
-        open_store(dp.path(), uuid).await,
+    let ((sp, rp), sa, sb) = (
+        open_primary_store(dp.path(), uuid).await,
         open_store(da.path(), uuid).await,
         open_store(db.path(), uuid).await,
     );
-    assert_eq!(
-        sp.journal().lineage(),
-        sa.journal().lineage(),
-        "same lineage on fresh nodes"
+    assert!(
+        sp.journal().lineage().is_empty() && sa.journal().lineage().is_empty(),
+        "a new journal has no history until a primary starts one"
     );
     let a = Secondary::start(
         sa.clone(),
@@ -241,7 +298,8 @@ async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
     );
     // Baseline latency without peers, on a separate store.
     let dn = tempfile::tempdir().unwrap();
-    let solo = Primary::start(open_store(dn.path(), uuid).await, primary_cfg(&pki, vec![]))
+    let (solo_store, solo_report) = open_primary_store(dn.path(), uuid).await;
+    let solo = Primary::start(solo_store, primary_cfg(&pki, vec![]), &solo_report)
         .await
         .unwrap();
     let t = Instant::now();
@@ -259,11 +317,17 @@ async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
     let solo_us = t.elapsed().as_micros() as f64 / 200.0;
     solo.shutdown().await;
 
-    let p = Primary::start(sp.clone(), cfg).await.unwrap();
-    wait_for("sync peer connected", Duration::from_secs(10), || {
-        peer_state(&p.status(), "node-a").state == PeerState::Connected
-    })
-    .await;
+    let p = Primary::start(sp.clone(), cfg, &rp).await.unwrap();
+    let lineage = sp.journal().lineage();
+    assert_eq!(lineage.len(), 1, "the primary starts the history");
+    assert!(!lineage[0].unknown_before, "the volume was empty");
+    // New peers: an initial sync (comparing every region) first.
+    wait_up_to_date(&p, "node-a", Duration::from_secs(20)).await;
+    assert_eq!(
+        sa.journal().lineage(),
+        lineage,
+        "the peer took the history over"
+    );
     let t = Instant::now();
     for i in 0..200u64 {
         p.change(
@@ -308,32 +372,42 @@ async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
         assert_eq!(peer.lag_records, 0, "{peer:?}");
         assert_eq!(peer.lag_bytes, 0, "{peer:?}");
         assert_eq!(peer.lag_seconds, 0.0, "{peer:?}");
-        assert_eq!(peer.state, PeerState::Connected);
+        assert!(up_to_date(peer), "{peer:?}");
+        let resync = peer
+            .last_resync
+            .as_ref()
+            .expect("the initial sync is reported");
+        assert_eq!(
+            resync.bytes_sent, 0,
+            "an empty volume ships no data: {resync:?}"
+        );
     }
     // What `status --json` prints: the peer states serialize as their names
     // and the whole status reads back unchanged.
     let json = serde_json::to_value(&st).unwrap();
     for (i, name) in ["node-a", "node-b"].iter().enumerate() {
         assert_eq!(json["peers"][i]["name"], *name, "{json}");
-        assert_eq!(json["peers"][i]["state"], "connected", "{json}");
+        assert_eq!(json["peers"][i]["connection"], "connected", "{json}");
+        assert_eq!(json["peers"][i]["disk"], "up-to-date", "{json}");
     }
+    assert_eq!(json["peers"][0]["sync_gate"], "in-sync", "{json}");
     assert_eq!(json["role"], "primary", "{json}");
     let back: VolumeStatus = serde_json::from_value(json.clone()).unwrap();
     assert_eq!(serde_json::to_value(&back).unwrap(), json);
     p.shutdown().await;
     a.shutdown().await;
     b.shutdown().await;
-    let dpp = digest(dp.path());
-    assert_eq!(dpp, digest(da.path()), "sync replica differs");
-    assert_eq!(dpp, digest(db.path()), "async replica differs");
+    assert_same_volume(dp.path(), da.path());
+    assert_same_volume(dp.path(), db.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secondary_restarted_mid_stream_continues_from_its_lsn() {
+    logs();
     let pki = Pki::new();
     let uuid = Uuid::new_v4();
     let (dp, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sp = open_store(dp.path(), uuid).await;
+    let (sp, rp) = open_primary_store(dp.path(), uuid).await;
     let mut sa = open_store(da.path(), uuid).await;
     let ida = pki.identity("node-a");
     let a = Secondary::start(
@@ -349,6 +423,7 @@ async fn secondary_restarted_mid_stream_continues_from_its_lsn() {
             &pki,
             vec![peer("node-a", PeerMode::Async, TransportKind::Tcp, addr)],
         ),
+        &rp,
     )
     .await
     .unwrap();
@@ -392,15 +467,16 @@ async fn secondary_restarted_mid_stream_continues_from_its_lsn() {
     quiesce(&p, &[&sa]).await;
     p.shutdown().await;
     a.shutdown().await;
-    assert_eq!(digest(dp.path()), digest(da.path()));
+    assert_same_volume(dp.path(), da.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_quic_peer_down_never_slows_writes_and_catches_up() {
+    logs();
     let pki = Pki::new();
     let uuid = Uuid::new_v4();
     let (dp, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sp = open_store(dp.path(), uuid).await;
+    let (sp, rp) = open_primary_store(dp.path(), uuid).await;
     let sb = open_store(db.path(), uuid).await;
     let idb = pki.identity("node-b");
     let b = Secondary::start(
@@ -416,6 +492,7 @@ async fn async_quic_peer_down_never_slows_writes_and_catches_up() {
             &pki,
             vec![peer("node-b", PeerMode::Async, TransportKind::Quic, addr)],
         ),
+        &rp,
     )
     .await
     .unwrap();
@@ -439,7 +516,7 @@ async fn async_quic_peer_down_never_slows_writes_and_catches_up() {
     b.shutdown().await;
     drop(b);
     wait_for("peer seen as down", Duration::from_secs(10), || {
-        peer_state(&p.status(), "node-b").state != PeerState::Connected
+        peer_state(&p.status(), "node-b").connection != ConnectionState::Connected
     })
     .await;
     let down_us = write_4k(p.clone(), 300, 300).await;
@@ -478,21 +555,22 @@ async fn async_quic_peer_down_never_slows_writes_and_catches_up() {
     );
     p.shutdown().await;
     b.shutdown().await;
-    assert_eq!(digest(dp.path()), digest(db.path()));
+    assert_same_volume(dp.path(), db.path());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_peer_past_a_tiny_journal_cap_is_folded_to_needs_resync() {
+async fn async_peer_past_a_tiny_journal_cap_is_brought_back_by_a_bitmap_resync() {
+    logs();
     let pki = Pki::new();
     let uuid = Uuid::new_v4();
     let (dp, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut j = journal_cfg(&dp.path().join("journal"));
     j.capacity_bytes = 4 << 20; // 4 segments of 1 MiB
     j.pressure_bytes = 2 << 20;
-    let sp = open_store_with(dp.path(), uuid, VOL_BYTES, j).await;
+    let (sp, rp) = open_store_with(dp.path(), uuid, VOL_BYTES, j).await;
     let sb = open_store(db.path(), uuid).await;
     let idb = pki.identity("node-b");
-    // Reserve a port, then leave the peer down.
+    // The peer syncs once (its history is the primary's), then goes away.
     let b = Secondary::start(
         sb.clone(),
         secondary_cfg(idb.clone(), "node-b", None, any_port()),
@@ -500,17 +578,19 @@ async fn async_peer_past_a_tiny_journal_cap_is_folded_to_needs_resync() {
     .await
     .unwrap();
     let addr = b.local_addrs().1.unwrap();
-    b.shutdown().await;
-    drop(b);
     let p = Primary::start(
         sp.clone(),
         primary_cfg(
             &pki,
             vec![peer("node-b", PeerMode::Async, TransportKind::Quic, addr)],
         ),
+        &rp,
     )
     .await
     .unwrap();
+    wait_up_to_date(&p, "node-b", Duration::from_secs(20)).await;
+    b.shutdown().await;
+    drop(b);
     // 64 KiB into each of 160 distinct regions (10 MiB > the 4 MiB cap).
     let mut regions = std::collections::BTreeSet::new();
     for i in 0..160u64 {
@@ -547,37 +627,38 @@ async fn async_peer_past_a_tiny_journal_cap_is_folded_to_needs_resync() {
         p.store().checkpoint().await.unwrap();
     }
     let st = peer_state(&p.status(), "node-b");
-    assert_eq!(st.state, PeerState::NeedsResync, "{st:?}");
+    assert_eq!(st.disk, DiskState::Outdated, "{st:?}");
     assert!(
         st.dirty_regions > 0 && st.dirty_regions <= regions.len() as u64,
         "{st:?}"
     );
+    assert!(st.lag_bytes >= st.dirty_regions * REGION_BYTES, "{st:?}");
     let folded = st.dirty_regions;
-    // The peer comes back: it is not streamed to.
+    // The peer comes back: a resync of the folded regions only, not
+    // compared (they really changed).
     let b = Secondary::start(sb.clone(), secondary_cfg(idb, "node-b", None, Some(addr)))
         .await
         .unwrap();
-    // The primary reaches it and turns away at once.
-    wait_for(
-        "the primary to reach the folded peer and end the session",
-        Duration::from_secs(20),
-        || b.status().upstream.is_some_and(|u| !u.connected),
-    )
-    .await;
+    wait_up_to_date(&p, "node-b", Duration::from_secs(30)).await;
+    quiesce(&p, &[&sb]).await;
     let st = peer_state(&p.status(), "node-b");
-    assert_eq!(st.state, PeerState::NeedsResync, "{st:?}");
-    assert_eq!(st.dirty_regions, folded);
-    assert_eq!(
-        sb.journal().written_lsn(),
-        0,
-        "nothing streamed to a folded peer"
-    );
+    let resync = st.last_resync.clone().expect("the resync is reported");
     eprintln!(
-        "folded peer: {folded} dirty regions of {} written",
-        regions.len()
+        "folded peer: {folded} dirty regions of {} written; resync sent {} bytes for {} regions",
+        regions.len(),
+        resync.bytes_sent,
+        resync.regions
+    );
+    assert_eq!(st.dirty_regions, 0, "{st:?}");
+    assert!(!resync.full && !resync.compare, "{resync:?}");
+    assert_eq!(resync.regions, folded, "{resync:?}");
+    assert!(
+        resync.bytes_sent <= folded * REGION_BYTES * 11 / 10,
+        "resent more than the written regions: {resync:?}"
     );
     p.shutdown().await;
     b.shutdown().await;
+    assert_same_volume(dp.path(), db.path());
 }
 
 async fn sync_pair(
@@ -586,7 +667,7 @@ async fn sync_pair(
 ) -> (Arc<Primary>, Arc<Secondary>, Vec<tempfile::TempDir>) {
     let uuid = Uuid::new_v4();
     let (dp, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sp = open_store(dp.path(), uuid).await;
+    let (sp, rp) = open_primary_store(dp.path(), uuid).await;
     let sa = open_store(da.path(), uuid).await;
     let a = Secondary::start(
         sa,
@@ -604,9 +685,12 @@ async fn sync_pair(
         )],
     );
     cfg.on_sync_peer_loss = policy;
-    let p = Primary::start(sp, cfg).await.unwrap();
-    wait_for("sync peer connected", Duration::from_secs(10), || {
-        peer_state(&p.status(), "node-a").state == PeerState::Connected
+    let p = Primary::start(sp, cfg, &rp).await.unwrap();
+    // After its initial sync the peer is sync again once it acked the
+    // stream.
+    wait_for("in sync", Duration::from_secs(20), || {
+        let st = peer_state(&p.status(), "node-a");
+        up_to_date(&st) && st.sync_gate == Some(SyncGate::InSync)
     })
     .await;
     (p, a, vec![dp, da])
@@ -621,6 +705,7 @@ fn w4k(i: u64) -> Change {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_peer_loss_degrade_carries_on_at_once() {
+    logs();
     let pki = Pki::new();
     let (p, a, _dirs) = sync_pair(&pki, SyncPeerLossPolicy::Degrade).await;
     p.change(w4k(1), false).await.unwrap();
@@ -633,10 +718,12 @@ async fn sync_peer_loss_degrade_carries_on_at_once() {
     p.flush().await.unwrap();
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     let st = p.status();
+    let a = peer_state(&st, "node-a");
+    assert_eq!(a.sync_gate, Some(SyncGate::Degraded), "{st:?}");
     assert_eq!(
-        peer_state(&st, "node-a").state,
-        PeerState::Degraded,
-        "{st:?}"
+        a.disk,
+        DiskState::Outdated,
+        "a lost peer's copy is behind: {st:?}"
     );
     assert_eq!(st.sync_peer_loss_policy.as_deref(), Some("degrade"));
     p.shutdown().await;
@@ -644,6 +731,7 @@ async fn sync_peer_loss_degrade_carries_on_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_peer_loss_suspend_waits_the_timeout_then_degrades_and_recovers() {
+    logs();
     let pki = Pki::new();
     let timeout = Duration::from_millis(1500);
     let (p, a, dirs) = sync_pair(&pki, SyncPeerLossPolicy::Suspend { timeout }).await;
@@ -664,7 +752,11 @@ async fn sync_peer_loss_suspend_waits_the_timeout_then_degrades_and_recovers() {
         "{since_loss:?}"
     );
     assert!(waited < timeout + Duration::from_secs(1), "{waited:?}");
-    assert_eq!(peer_state(&p.status(), "node-a").state, PeerState::Degraded);
+    // The peer's task degrades it at the same deadline the write gave up.
+    wait_for("degraded", Duration::from_secs(1), || {
+        peer_state(&p.status(), "node-a").sync_gate == Some(SyncGate::Degraded)
+    })
+    .await;
     let t = Instant::now();
     p.change(w4k(3), false).await.unwrap();
     assert!(
@@ -680,7 +772,8 @@ async fn sync_peer_loss_suspend_waits_the_timeout_then_degrades_and_recovers() {
     .await
     .unwrap();
     wait_for("sync again", Duration::from_secs(10), || {
-        peer_state(&p.status(), "node-a").state == PeerState::Connected
+        let st = peer_state(&p.status(), "node-a");
+        up_to_date(&st) && st.sync_gate == Some(SyncGate::InSync)
     })
     .await;
     let lsn = p.change(w4k(4), false).await.unwrap();
@@ -697,7 +790,7 @@ async fn refused_reason(p: &Primary, peer: &str) -> String {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(10) {
         let st = peer_state(&p.status(), peer);
-        if st.state == PeerState::Refused {
+        if st.connection == ConnectionState::Refused {
             return st.last_error.expect("a refused peer says why");
         }
         last = format!("{st:?}");
@@ -708,12 +801,13 @@ async fn refused_reason(p: &Primary, peer: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mismatched_peers_are_refused_with_a_named_reason() {
+    logs();
     let pki = Pki::new();
     let uuid = Uuid::new_v4();
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
-    let sp = open_store(dirs[0].path(), uuid).await;
+    let (sp, rp) = open_primary_store(dirs[0].path(), uuid).await;
     // Different size, different volume, a certificate of another CA.
-    let s_size = open_store_with(
+    let (s_size, _) = open_store_with(
         dirs[1].path(),
         uuid,
         VOL_BYTES * 2,
@@ -765,6 +859,7 @@ async fn mismatched_peers_are_refused_with_a_named_reason() {
                 ),
             ],
         ),
+        &rp,
     )
     .await
     .unwrap();
@@ -790,10 +885,11 @@ async fn mismatched_peers_are_refused_with_a_named_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_frames_close_their_session_and_the_real_primary_is_served() {
     use tokio::io::AsyncWriteExt;
+    logs();
     let pki = Pki::new();
     let uuid = Uuid::new_v4();
     let (dp, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let sp = open_store(dp.path(), uuid).await;
+    let (sp, rp) = open_primary_store(dp.path(), uuid).await;
     let sa = open_store(da.path(), uuid).await;
     let a = Secondary::start(
         sa.clone(),
@@ -832,6 +928,7 @@ async fn hostile_frames_close_their_session_and_the_real_primary_is_served() {
             &pki,
             vec![peer("node-a", PeerMode::Sync, TransportKind::Tcp, addr)],
         ),
+        &rp,
     )
     .await
     .unwrap();
@@ -841,5 +938,5 @@ async fn hostile_frames_close_their_session_and_the_real_primary_is_served() {
     p.shutdown().await;
     a.shutdown().await;
     drop(raw);
-    assert_eq!(digest(dp.path()), digest(da.path()));
+    assert_same_volume(dp.path(), da.path());
 }

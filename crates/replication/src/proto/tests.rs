@@ -3,11 +3,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use proptest::prelude::*;
 use uuid::Uuid;
-use wire::{Hello, LineageEntry, RecordKind, RefuseCode, Role, WireRecord};
+use wire::{DataState, Hello, LineageEntry, RecordKind, RefuseCode, Role, WireRecord};
 
-use super::*;
-use crate::config::SyncPeerLossPolicy;
+use super::batch::validate_batch;
+use super::gate::*;
+use super::lag::LagTracker;
+use super::ship::ShipState;
+use super::verdict::*;
+use crate::config::{InitialSync, SyncPeerLossPolicy};
 use crate::error::BatchError;
+use crate::status::DiskState;
 
 fn hello(role: Role, lsn: u64, lineage: &[(u64, u64)]) -> Hello {
     Hello {
@@ -21,77 +26,193 @@ fn hello(role: Role, lsn: u64, lineage: &[(u64, u64)]) -> Hello {
             .map(|&(generation_id, start_lsn)| LineageEntry {
                 generation_id,
                 start_lsn,
+                unknown_before: false,
             })
             .collect(),
         role,
         durable_lsn: lsn,
+        data_state: DataState::Consistent,
+        overwrite: false,
+    }
+}
+
+fn facts(local: &Hello) -> PrimaryFacts<'_> {
+    PrimaryFacts {
+        local,
+        peer_name: "n",
+        cert_name: "n",
+        written_lsn: 10,
+        owed_regions: 0,
+        owed_since_fall: false,
+        initial_sync: InitialSync::Auto,
+        overwrite: false,
+        force_resync: false,
+    }
+}
+
+fn plan(v: PrimaryVerdict) -> ResyncPlan {
+    match v {
+        PrimaryVerdict::Resync(p) => p,
+        other => panic!("expected a resync, got {other:?}"),
+    }
+}
+
+fn refused(v: PrimaryVerdict) -> (RefuseCode, DiskState) {
+    match v {
+        PrimaryVerdict::Refuse { code, disk, .. } => (code, disk),
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
 #[test]
-fn primary_verdicts() {
+fn primary_verdicts_follow_the_lineages() {
     let p = hello(Role::Primary, 10, &[(1, 1)]);
+    let f = facts(&p);
     let s = hello(Role::Secondary, 4, &[(1, 1)]);
     assert_eq!(
-        primary_verdict(&p, &s, 10),
+        primary_verdict(&f, &s),
         PrimaryVerdict::Stream { from_lsn: 5 }
     );
-    // The peer holds records this primary lost.
-    let ahead = hello(Role::Secondary, 12, &[(1, 1)]);
+    // The same history, but the copy is inconsistent or owed regions.
+    let mut inc = s.clone();
+    inc.data_state = DataState::Inconsistent;
+    let r = plan(primary_verdict(&f, &inc));
+    assert!(!r.full && !r.compare && r.rollback_from.is_none());
+    let owed = PrimaryFacts {
+        owed_regions: 3,
+        ..facts(&p)
+    };
+    assert!(!plan(primary_verdict(&owed, &s)).full);
+    let forced = PrimaryFacts {
+        force_resync: true,
+        ..facts(&p)
+    };
     assert!(matches!(
-        primary_verdict(&p, &ahead, 10),
-        PrimaryVerdict::NeedsResync(_)
+        primary_verdict(&forced, &s),
+        PrimaryVerdict::Resync(_)
     ));
+    // The peer holds records this primary lost: they are rolled back.
+    let ahead = hello(Role::Secondary, 12, &[(1, 1)]);
+    let r = plan(primary_verdict(&f, &ahead));
+    assert_eq!(r.rollback_from, Some(11));
+    assert!(r.compare);
+    // No history of its own: a full compare, or a refusal when manual.
+    let new = hello(Role::Secondary, 0, &[]);
+    let r = plan(primary_verdict(&f, &new));
+    assert!(r.full && r.compare);
+    let manual = PrimaryFacts {
+        initial_sync: InitialSync::Manual,
+        ..facts(&p)
+    };
+    assert_eq!(
+        refused(primary_verdict(&manual, &new)).0,
+        RefuseCode::NotAllowed
+    );
+    // Volume mismatches, roles and identity.
     let mut other = s.clone();
     other.volume_size_bytes += 512;
-    assert!(matches!(
-        primary_verdict(&p, &other, 10),
-        PrimaryVerdict::Refuse(RefuseCode::SizeMismatch, _)
-    ));
+    assert_eq!(
+        refused(primary_verdict(&f, &other)).0,
+        RefuseCode::SizeMismatch
+    );
     let mut other = s.clone();
     other.volume_uuid = Uuid::from_u128(8);
-    assert!(matches!(
-        primary_verdict(&p, &other, 10),
-        PrimaryVerdict::Refuse(RefuseCode::VolumeMismatch, _)
-    ));
-    let both = hello(Role::Primary, 4, &[(1, 1)]);
-    assert!(matches!(
-        primary_verdict(&p, &both, 10),
-        PrimaryVerdict::Refuse(RefuseCode::RoleConflict, _)
-    ));
-    // Promoted at 8: a peer of the old generation that stopped before 8 streams on.
-    let p2 = hello(Role::Primary, 10, &[(1, 1), (2, 8)]);
     assert_eq!(
-        primary_verdict(&p2, &hello(Role::Secondary, 7, &[(1, 1)]), 10),
+        refused(primary_verdict(&f, &other)).0,
+        RefuseCode::VolumeMismatch
+    );
+    let both = hello(Role::Primary, 4, &[(1, 1)]);
+    assert_eq!(
+        refused(primary_verdict(&f, &both)).0,
+        RefuseCode::RoleConflict
+    );
+    let impostor = PrimaryFacts {
+        cert_name: "m",
+        ..facts(&p)
+    };
+    assert_eq!(
+        refused(primary_verdict(&impostor, &s)).0,
+        RefuseCode::IdentityMismatch
+    );
+    // A new generation at 8: a peer of the old one that stopped before 8
+    // streams on; one that went past 8 is rolled back from 8.
+    let p2 = hello(Role::Primary, 10, &[(1, 1), (2, 8)]);
+    let f2 = facts(&p2);
+    assert_eq!(
+        primary_verdict(&f2, &hello(Role::Secondary, 7, &[(1, 1)])),
         PrimaryVerdict::Stream { from_lsn: 8 }
     );
-    assert!(matches!(
-        primary_verdict(&p2, &hello(Role::Secondary, 9, &[(1, 1)]), 10),
-        PrimaryVerdict::NeedsResync(_)
+    assert_eq!(
+        plan(primary_verdict(&f2, &hello(Role::Secondary, 9, &[(1, 1)]))).rollback_from,
+        Some(8)
+    );
+    // Split brain, a newer peer, unrelated data.
+    let (code, disk) = refused(primary_verdict(
+        &f2,
+        &hello(Role::Secondary, 9, &[(1, 1), (3, 8)]),
     ));
-    assert!(matches!(
-        primary_verdict(&p2, &hello(Role::Secondary, 9, &[(1, 1), (3, 8)]), 10),
-        PrimaryVerdict::Refuse(RefuseCode::LineageDiverged, _)
-    ));
+    assert_eq!(
+        (code, disk),
+        (RefuseCode::LineageDiverged, DiskState::SplitBrain)
+    );
+    let newer = hello(Role::Secondary, 12, &[(1, 1), (2, 8), (4, 11)]);
+    assert_eq!(
+        refused(primary_verdict(&f2, &newer)).0,
+        RefuseCode::LineageDiverged
+    );
+    let unrelated = hello(Role::Secondary, 9, &[(5, 1)]);
+    assert_eq!(
+        refused(primary_verdict(&f, &unrelated)).0,
+        RefuseCode::UnrelatedData
+    );
+    // ... unless the operator overwrites it, or this history began over
+    // data of unknown history (a journal created on a full volume).
+    let over = PrimaryFacts {
+        overwrite: true,
+        ..facts(&p)
+    };
+    assert!(plan(primary_verdict(&over, &unrelated)).full);
+    let mut p3 = p.clone();
+    p3.lineage[0].unknown_before = true;
+    let r = plan(primary_verdict(&facts(&p3), &unrelated));
+    assert!(r.full && r.compare);
 }
 
 #[test]
 fn secondary_verdicts() {
     let s = hello(Role::Secondary, 5, &[(1, 1)]);
-    assert!(secondary_verdict(&s, &hello(Role::Primary, 9, &[(1, 1)])).is_ok());
+    let ok = |local: &Hello, remote: &Hello| secondary_verdict(local, remote, "n");
+    assert!(ok(&s, &hello(Role::Primary, 9, &[(1, 1)])).is_ok());
     assert_eq!(
-        secondary_verdict(&s, &hello(Role::Secondary, 9, &[(1, 1)]))
-            .unwrap_err()
-            .0,
+        ok(&s, &hello(Role::Secondary, 9, &[(1, 1)])).unwrap_err().0,
         RefuseCode::RoleConflict
     );
-    assert!(secondary_verdict(&s, &hello(Role::Primary, 9, &[(1, 1), (2, 7)])).is_ok());
-    assert!(secondary_verdict(&s, &hello(Role::Primary, 9, &[(1, 1), (2, 3)])).is_err());
-    assert!(secondary_verdict(
-        &hello(Role::Secondary, 5, &[(1, 1), (2, 3)]),
-        &hello(Role::Primary, 9, &[(1, 1)])
-    )
-    .is_err());
+    assert_eq!(
+        secondary_verdict(&s, &hello(Role::Primary, 9, &[(1, 1)]), "m")
+            .unwrap_err()
+            .0,
+        RefuseCode::IdentityMismatch
+    );
+    assert!(ok(&s, &hello(Role::Primary, 9, &[(1, 1), (2, 7)])).is_ok());
+    // Its generation forked before what this node holds: the primary
+    // rolls it back.
+    assert!(ok(&s, &hello(Role::Primary, 9, &[(1, 1), (2, 3)])).is_ok());
+    assert_eq!(
+        ok(
+            &hello(Role::Secondary, 5, &[(1, 1), (2, 3)]),
+            &hello(Role::Primary, 9, &[(1, 1)])
+        )
+        .unwrap_err()
+        .0,
+        RefuseCode::LineageDiverged
+    );
+    // Unrelated data is refused unless overwritten; no history takes any.
+    let unrelated = hello(Role::Primary, 9, &[(5, 1)]);
+    assert_eq!(ok(&s, &unrelated).unwrap_err().0, RefuseCode::UnrelatedData);
+    let mut over = unrelated.clone();
+    over.overwrite = true;
+    assert!(ok(&s, &over).is_ok());
+    assert!(ok(&hello(Role::Secondary, 0, &[]), &unrelated).is_ok());
 }
 
 fn rec(lsn: u64, payload: &[u8]) -> WireRecord {
