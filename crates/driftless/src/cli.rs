@@ -25,17 +25,48 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Show each volume's role, generation and, per peer, state and lag.
+    /// Show each volume's role and copy, and per peer its connection, its
+    /// copy's data state, lag and any resync or verify.
     Status {
-        /// The daemon's control socket.
-        #[arg(long, conflicts_with = "config", required_unless_present = "config")]
-        socket: Option<PathBuf>,
-        /// Read the control socket path from this node configuration.
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        control: ControlArgs,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Resync a peer of a volume (run on its primary): what it is owed, or
+    /// with --full every region, compared (this also overwrites a peer whose
+    /// history is unrelated — only when that copy is to be replaced).
+    Resync {
+        /// The volume's name in the node configuration.
+        volume: String,
+        #[arg(long)]
+        peer: String,
+        #[arg(long)]
+        full: bool,
+        /// Follow the resync until the peer is up to date.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Verify a volume's peers online (run on its primary): hash every
+    /// region on both sides while the volume stays in use, report the
+    /// differing regions and mark them out of sync. Exit status 0: all
+    /// identical (or repaired with --repair); 3: differences found.
+    Verify {
+        volume: String,
+        /// Only this peer (default: every peer, one after another).
+        #[arg(long)]
+        peer: Option<String>,
+        /// Resync the differing regions and wait until they are.
+        #[arg(long)]
+        repair: bool,
+        /// Print the reports as JSON (no progress).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// Create a CA, or a node certificate signed by it, for mutual TLS.
     #[command(subcommand)]
@@ -46,6 +77,27 @@ pub enum Command {
     /// Relay UDP or TCP with a delay and a cut switch (tests and the demo).
     #[command(hide = true)]
     FaultProxy(harness::proxy::ProxyArgs),
+}
+
+/// Where the daemon's control socket is.
+#[derive(clap::Args, Debug)]
+pub struct ControlArgs {
+    /// The daemon's control socket.
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    pub socket: Option<PathBuf>,
+    /// Read the control socket path from this node configuration.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+impl ControlArgs {
+    pub fn socket(&self) -> anyhow::Result<PathBuf> {
+        match (&self.socket, &self.config) {
+            (Some(socket), _) => Ok(socket.clone()),
+            (None, Some(config)) => Ok(node::config::NodeConfig::load(config)?.node.control_socket),
+            (None, None) => anyhow::bail!("give --socket or --config"),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]

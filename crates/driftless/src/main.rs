@@ -3,9 +3,9 @@
 //! `harness` for `demo` and the hidden `fault-proxy`).
 
 mod cli;
+mod ops;
 
 use clap::Parser;
-use node::config::NodeConfig;
 use node::control;
 
 fn main() -> std::process::ExitCode {
@@ -15,13 +15,32 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     let result = match cli.command {
+        cli::Command::Resync {
+            volume,
+            peer,
+            full,
+            wait,
+            control,
+        } => control
+            .socket()
+            .and_then(|s| ops::resync(&s, &volume, &peer, full, wait)),
+        cli::Command::Verify {
+            volume,
+            peer,
+            repair,
+            json,
+            control,
+        } => match control
+            .socket()
+            .and_then(|s| ops::verify(&s, &volume, peer.as_deref(), repair, json))
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => return std::process::ExitCode::from(ops::DIFFERENCES_FOUND),
+            Err(e) => Err(e),
+        },
         cli::Command::Serve(args) => node::serve::run(args).map_err(anyhow::Error::from),
         cli::Command::Run { config } => node::daemon::run(&config).map_err(anyhow::Error::from),
-        cli::Command::Status {
-            socket,
-            config,
-            json,
-        } => status(socket, config, json),
+        cli::Command::Status { control, json } => control.socket().and_then(|s| status(&s, json)),
         cli::Command::Cert(cmd) => cert(cmd),
         cli::Command::Demo(args) => harness::demo::run(args).map_err(anyhow::Error::from),
         cli::Command::FaultProxy(args) => harness::proxy::run(args).map_err(anyhow::Error::from),
@@ -37,17 +56,8 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn status(
-    socket: Option<std::path::PathBuf>,
-    config: Option<std::path::PathBuf>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let socket = match (socket, config) {
-        (Some(socket), _) => socket,
-        (None, Some(config)) => NodeConfig::load(&config)?.node.control_socket,
-        (None, None) => anyhow::bail!("give --socket or --config"),
-    };
-    let status = control::request(&socket, &control::Request::Status)?;
+fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let status = control::status(socket)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {

@@ -9,8 +9,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use node::config::{NbdSection, NodeConfig, PeerSection, QuicSection, VolumeSection};
-use node::control::{self, NodeStatus, Request};
-use replication::{PeerMode, PeerState, TransportKind, VolumeRole, VolumeStatus};
+use node::control::{self, NodeStatus};
+use replication::{
+    ConnectionState, DiskState, PeerMode, PeerStatus, TransportKind, VolumeRole, VolumeStatus,
+};
 
 use crate::error::{HarnessError, Result};
 use crate::pki::Pki;
@@ -167,7 +169,7 @@ impl Site {
         );
         tune(&mut v);
         let primary = self.start(&self.config("primary", v)?)?;
-        wait_connected(&primary, &[peer], &[&secondary])?;
+        wait_up_to_date(&primary, &[peer], &[&secondary])?;
         Ok((primary, secondary))
     }
 }
@@ -296,10 +298,7 @@ impl NodeProc {
     }
 
     pub fn status(&self) -> Result<NodeStatus> {
-        Ok(control::request(
-            &self.config.node.control_socket,
-            &Request::Status,
-        )?)
+        Ok(control::status(&self.config.node.control_socket)?)
     }
 
     /// The first volume's status.
@@ -356,62 +355,77 @@ pub fn wait_for(
     }
 }
 
-/// Waits until every named peer of `primary` is connected.
-pub fn wait_connected(
+/// Connected, and its copy proved to be the primary's: no resync or
+/// verify running, nothing owed.
+pub fn up_to_date(p: &PeerStatus) -> bool {
+    p.connection == ConnectionState::Connected
+        && p.disk == DiskState::UpToDate
+        && p.job.is_none()
+        && p.dirty_regions == 0
+}
+
+/// Waits until every named peer of `primary` is up to date (an initial
+/// sync of a new peer has run). A refused peer fails the wait at once.
+pub fn wait_up_to_date(
     primary: &NodeProc,
     peers: &[&str],
     logs: &[&NodeProc],
 ) -> Result<VolumeStatus> {
-    wait_for(
-        &format!("peers {peers:?} connected"),
+    wait_peers(
+        &format!("peers {peers:?} up to date"),
         primary,
+        peers,
         logs,
         START_LIMIT,
-        |v| {
-            peers
-                .iter()
-                .all(|n| v.peer(n).is_some_and(|p| p.state == PeerState::Connected))
-        },
+        |_, p| up_to_date(p),
     )
 }
 
-/// Waits until every named peer is connected with no lag and has acked the
-/// primary's written LSN (which must not move: the workload is quiet). A
-/// peer that needs a resync fails the wait at once, naming why.
+/// Waits until every named peer is up to date with no lag and has acked
+/// the primary's written LSN (which must not move: the workload is quiet).
+/// A refused peer fails the wait at once, naming why.
 pub fn wait_caught_up(
     primary: &NodeProc,
     peers: &[&str],
     logs: &[&NodeProc],
     limit: Duration,
 ) -> Result<VolumeStatus> {
-    let mut resync = None;
-    let result = wait_for(
-        &format!("peers {peers:?} to catch up (lag 0, acked = written)"),
+    wait_peers(
+        &format!("peers {peers:?} to catch up (up to date, lag 0, acked = written)"),
         primary,
+        peers,
         logs,
         limit,
-        |v| {
-            if let Some(p) = v
-                .peers
-                .iter()
-                .find(|p| peers.contains(&p.name.as_str()) && p.state == PeerState::NeedsResync)
-            {
-                resync = Some(format!("{p:#?}"));
+        |v, p| {
+            up_to_date(p) && p.lag_records == 0 && p.lag_bytes == 0 && p.acked_lsn == v.written_lsn
+        },
+    )
+}
+
+fn wait_peers(
+    what: &str,
+    primary: &NodeProc,
+    peers: &[&str],
+    logs: &[&NodeProc],
+    limit: Duration,
+    ok: impl Fn(&VolumeStatus, &PeerStatus) -> bool,
+) -> Result<VolumeStatus> {
+    let mut refused = None;
+    let result =
+        wait_for(what, primary, logs, limit, |v| {
+            if let Some(p) = v.peers.iter().find(|p| {
+                peers.contains(&p.name.as_str()) && p.connection == ConnectionState::Refused
+            }) {
+                refused = Some(format!("{p:#?}"));
                 return true;
             }
-            peers.iter().all(|name| {
-                v.peer(name).is_some_and(|p| {
-                    p.state == PeerState::Connected
-                        && p.lag_records == 0
-                        && p.lag_bytes == 0
-                        && p.acked_lsn == v.written_lsn
-                })
-            })
-        },
-    )?;
-    match resync {
+            peers
+                .iter()
+                .all(|name| v.peer(name).is_some_and(|p| ok(v, p)))
+        })?;
+    match refused {
         Some(p) => Err(HarnessError::Check(format!(
-            "a peer needs a resync while waiting for it to catch up: {p}\n{}",
+            "a peer was refused while waiting for {what}: {p}\n{}",
             primary.log_tail(20)
         ))),
         None => Ok(result),

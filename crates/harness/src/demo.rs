@@ -1,16 +1,21 @@
 //! `driftless demo`: a primary ("alpha") with a sync metro peer over TCP+TLS
 //! and an async DR peer over QUIC (through an in-process fault proxy), all
 //! real `driftless run` processes on loopback. The recording workload
-//! writes through NBD while the DR link is cut for a few seconds; the DR
-//! peer catches up, the nodes stop, and every copy is checked: the three
-//! files are byte-identical and hold exactly the last write to every block.
-//! Every wait is bounded and names what did not happen.
+//! writes through NBD while the DR link is cut long enough to overflow the
+//! primary's small journal: the DR peer falls behind past it (its missed
+//! regions are kept in its dirty bitmap), and when the link is back it is
+//! brought back by a bitmap resync with live progress. The nodes stop, and
+//! every copy is checked: the three files are byte-identical and hold
+//! exactly the last write to every block. Every wait is bounded and names
+//! what did not happen.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use node::control::NodeStatus;
-use replication::{PeerMode, PeerState, PeerStatus, TransportKind, VolumeRole};
+use replication::{
+    ConnectionState, DiskState, PeerMode, PeerStatus, ResyncReport, TransportKind, VolumeRole,
+};
 
 use crate::checker::{check_final, read_blocks, Workload, WorkloadCfg, BLOCK};
 use crate::cluster::{compare_files, file_digest, quick_quic, with_peer, NodeProc, Site, VOLUME};
@@ -20,7 +25,7 @@ use crate::proxy::{Protocol, Proxy, ProxyHandle};
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// How long the write workload runs (the DR link is cut in the middle).
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(4..=600))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(8..=600))]
     pub seconds: u64,
     /// Volume size on each node ("64MiB", "1GiB").
     #[arg(long, value_parser = node::units::parse_bytes, default_value = "64MiB")]
@@ -40,8 +45,15 @@ const WORKLOAD_BLOCKS: u32 = 4096;
 const WORKLOAD_DEPTH: usize = 4;
 const WORKLOAD_PACE: Duration = Duration::from_millis(1);
 const FLUSH_EVERY_REQUESTS: u64 = 500;
-/// How long the DR link stays cut (shortened for short runs).
+/// How long the DR link stays cut (shortened for short runs): at the
+/// workload's pace, more than the primary's journal holds.
 const CUT_DURATION: Duration = Duration::from_secs(4);
+/// The primary's journal: small, so the cut overflows it (4 segments).
+const DEMO_JOURNAL_BYTES: u64 = 6 << 20;
+const DEMO_SEGMENT_BYTES: u64 = 1536 << 10;
+const DEMO_MAX_WRITE_BYTES: u32 = 512 << 10;
+/// The resync's pace cap, so its progress can be watched for a few seconds.
+const DEMO_RESYNC_RATE: u64 = 24 << 20;
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(100);
 /// sun_path is 108 bytes on Linux, including the NUL.
@@ -173,6 +185,12 @@ fn scenario(
         proxy.local_addr()
     );
     let mut v = demo_volume(site.primary_volume("alpha", args.size));
+    v.journal_size = DEMO_JOURNAL_BYTES;
+    v.journal_segment_size = DEMO_SEGMENT_BYTES;
+    v.max_write = DEMO_MAX_WRITE_BYTES;
+    v.max_batch = u64::from(DEMO_MAX_WRITE_BYTES);
+    v.resync_max_rate = DEMO_RESYNC_RATE;
+    v.resync_min_rate = DEMO_RESYNC_RATE / 2;
     v = with_peer(v, "metro", PeerMode::Sync, TransportKind::Tcp, metro_addr);
     v = with_peer(
         v,
@@ -189,10 +207,11 @@ fn scenario(
         "  alpha  primary    {}",
         alpha.nbd_uri.as_deref().unwrap_or("-")
     );
-    // Both peers connected before any write, so the run starts in sync.
-    crate::cluster::wait_connected(&alpha, &["metro", "dr"], &[&metro, &dr])?;
+    // Both peers up to date (an initial sync of the new, empty copies:
+    // every region compared) before any write, so the run starts in sync.
+    crate::cluster::wait_up_to_date(&alpha, &["metro", "dr"], &[&metro, &dr])?;
     println!(
-        "  both peers connected {:.1} s after start",
+        "  both peers connected and up to date {:.1} s after start (initial sync: every region compared, zeroes sent as holes)",
         started.elapsed().as_secs_f64()
     );
     let mut nodes = [alpha, metro, dr];
@@ -228,7 +247,9 @@ struct Timeline {
     stride: u64,
     peak_lag_bytes: u64,
     peak_lag_records: u64,
-    states: Vec<PeerState>,
+    peak_dirty_regions: u64,
+    states: Vec<(ConnectionState, DiskState)>,
+    resync: Option<ResyncReport>,
     reconnected_after: Option<Duration>,
     /// Lag back under CAUGHT_UP_LAG after the restore.
     caught_up_after: Option<Duration>,
@@ -245,13 +266,21 @@ impl Timeline {
         let Ok(p) = peer(status, "dr") else { return };
         self.peak_lag_bytes = self.peak_lag_bytes.max(p.lag_bytes);
         self.peak_lag_records = self.peak_lag_records.max(p.lag_records);
-        if (cut || restored_at.is_some()) && self.states.last() != Some(&p.state) {
-            self.states.push(p.state);
+        self.peak_dirty_regions = self.peak_dirty_regions.max(p.dirty_regions);
+        let state = (p.connection, p.disk);
+        if (cut || restored_at.is_some()) && self.states.last() != Some(&state) {
+            self.states.push(state);
         }
-        if let Some(at) = restored_at.filter(|_| p.state == PeerState::Connected) {
+        if restored_at.is_some() && p.last_resync.is_some() {
+            self.resync = p.last_resync.clone();
+        }
+        if let Some(at) = restored_at.filter(|_| p.connection == ConnectionState::Connected) {
             let since = now.saturating_sub(at);
             self.reconnected_after.get_or_insert(since);
-            if self.caught_up_after.is_none() && p.lag_seconds < CAUGHT_UP_LAG.as_secs_f64() {
+            if self.caught_up_after.is_none()
+                && crate::cluster::up_to_date(p)
+                && p.lag_seconds < CAUGHT_UP_LAG.as_secs_f64()
+            {
                 self.caught_up_after = Some(since);
             }
         }
@@ -267,7 +296,9 @@ fn run_workload(
     let duration = Duration::from_secs(args.seconds);
     let cut_at = duration.mul_f64(0.3);
     let cut_len = CUT_DURATION.min(duration.mul_f64(0.4));
-    let stride = (args.size / u64::from(WORKLOAD_BLOCKS)) / 4096 * 4096;
+    // A working set of a quarter of the volume: an outage dirties part of
+    // it, which the bitmap resync sends, not the whole volume.
+    let stride = (args.size / 4 / u64::from(WORKLOAD_BLOCKS) / 4096 * 4096).max(4096);
     let workload = Workload::start(
         nbd_socket,
         VOLUME,
@@ -281,14 +312,24 @@ fn run_workload(
     )?;
     println!();
     println!(
-        "writing 4 KiB blocks at ~{}/s, queue depth {WORKLOAD_DEPTH}, a FLUSH every {FLUSH_EVERY_REQUESTS} requests; DR link cut at {:.1} s for {:.1} s",
+        "writing 4 KiB blocks over the first {} at ~{}/s, queue depth {WORKLOAD_DEPTH}, a FLUSH every {FLUSH_EVERY_REQUESTS} requests; DR link cut at {:.1} s for {:.1} s",
+        fmt_bytes(stride * u64::from(WORKLOAD_BLOCKS)),
         fmt_bytes(BLOCK as u64 * 1000),
         cut_at.as_secs_f64(),
         cut_len.as_secs_f64()
     );
     println!(
-        "{:<8} {:>16} | {:<5} {:<10} {:<13} {:>14} {:>10} {:>8} {:>12}",
-        "time", "written", "peer", "mode/via", "state", "lag: bytes", "records", "age", "shipped"
+        "{:<8} {:>16} | {:<5} {:<10} {:<12} {:<12} {:>14} {:>10} {:>8} {:>12}",
+        "time",
+        "written",
+        "peer",
+        "mode/via",
+        "connection",
+        "disk",
+        "lag: bytes",
+        "records",
+        "age",
+        "shipped"
     );
     let t0 = Instant::now();
     let mut timeline = Timeline {
@@ -366,17 +407,34 @@ fn run_workload(
             "the DR link was cut but the proxy dropped no datagram: dr is not reached through the proxy".into(),
         ));
     }
-    let states: Vec<String> = timeline.states.iter().map(|s| s.to_string()).collect();
+    let states: Vec<String> = timeline
+        .states
+        .iter()
+        .map(|(c, d)| format!("{c}/{d}"))
+        .collect();
     println!(
-        "DR link: {dropped} datagrams dropped while cut; dr lag peaked at {} / {} records; states {}",
+        "DR link: {dropped} datagrams dropped while cut; dr lag peaked at {} / {} records, {} regions owed; states {}",
         fmt_bytes(timeline.peak_lag_bytes),
         timeline.peak_lag_records,
+        timeline.peak_dirty_regions,
         states.join(" → "),
     );
     let after = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.1} s", d.as_secs_f64()));
+    let Some(resync) = &timeline.resync else {
+        return Err(HarnessError::Check(format!(
+            "the DR peer was never resynced: it did not fall behind past alpha's {} journal during the {:.1} s cut (states {})",
+            fmt_bytes(DEMO_JOURNAL_BYTES),
+            cut_len.as_secs_f64(),
+            states.join(" → ")
+        )));
+    };
     println!(
-        "after the restore: dr reconnected in {}, lag under {} ms in {}",
+        "after the restore: dr reconnected in {}, resynced {} regions ({} sent, not the whole {} volume) in {:.1} s, up to date with lag under {} ms in {}",
         after(timeline.reconnected_after),
+        resync.regions,
+        fmt_bytes(resync.bytes_sent),
+        fmt_bytes(args.size),
+        resync.seconds,
         CAUGHT_UP_LAG.as_millis(),
         after(timeline.caught_up_after)
     );
@@ -468,16 +526,26 @@ fn peer<'a>(status: &'a NodeStatus, name: &str) -> Result<&'a PeerStatus> {
 }
 
 fn peer_line(p: &PeerStatus) -> String {
-    format!(
-        "{:<5} {:<10} {:<13} lag {:>10} {:>6} rec {:>6.2} s {:>7.1} MB/s",
+    let mut line = format!(
+        "{:<5} {:<10} {:<12} {:<12} lag {:>10} {:>6} rec {:>6.2} s {:>7.1} MB/s",
         p.name,
         format!("{}/{}", p.mode, p.transport),
-        p.state,
+        p.connection,
+        p.disk,
         fmt_bytes(p.lag_bytes),
         p.lag_records,
         p.lag_seconds,
         p.throughput_bytes_per_sec / 1e6
-    )
+    );
+    if let Some(job) = &p.job {
+        line += &format!("  {}", node::render::job_line(job));
+    } else if p.dirty_regions > 0 {
+        line += &format!(
+            "  owed {} regions (fell behind past the journal)",
+            p.dirty_regions
+        );
+    }
+    line
 }
 
 /// Prints one line per peer for this second.
@@ -509,7 +577,7 @@ fn all_caught_up(status: &NodeStatus) -> bool {
     };
     v.status.role == VolumeRole::Primary
         && v.status.peers.iter().all(|p| {
-            p.state == PeerState::Connected
+            crate::cluster::up_to_date(p)
                 && p.lag_bytes == 0
                 && p.lag_records == 0
                 && p.acked_lsn >= v.status.written_lsn

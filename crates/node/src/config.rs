@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use replication::{PeerMode, TransportKind, VolumeRole};
+use replication::{InitialSync, PeerMode, ResyncCompare, TransportKind, VolumeRole};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::NodeError;
@@ -136,6 +136,10 @@ pub struct VolumeSection {
     pub checkpoint_interval: Duration,
     #[serde(deserialize_with = "bytes", default = "default_region")]
     pub region_size: u64,
+    /// The largest NBD WRITE accepted (advertised to clients), and so the
+    /// largest journal record: a segment must hold one.
+    #[serde(deserialize_with = "bytes32", default = "default_max_write")]
+    pub max_write: u32,
     /// Primary: what writes do while a sync peer is gone.
     #[serde(default = "default_loss_policy")]
     pub on_sync_peer_loss: LossPolicy,
@@ -150,6 +154,26 @@ pub struct VolumeSection {
     pub keepalive_interval: Duration,
     #[serde(with = "duration", default = "default_peer_timeout")]
     pub peer_timeout: Duration,
+    /// Primary: a peer with no history of its own (a new journal: a new
+    /// peer, a seeded copy) is brought in sync at once by a full compare
+    /// (`auto`), or only after `driftless resync --full` (`manual`).
+    #[serde(default = "default_initial_sync")]
+    pub initial_sync: InitialSync,
+    /// Primary: compare BLAKE3 digests before sending a region: `auto` (for
+    /// full compares and after an unclean restart, not for regions missed
+    /// in an outage, which really changed), `always`, `never`.
+    #[serde(default = "default_resync_compare")]
+    pub resync_compare: ResyncCompare,
+    /// Primary: resync pace cap, bytes per second ("200MiB/s"; 0: none).
+    /// Application writes count against it.
+    #[serde(deserialize_with = "rate", default)]
+    pub resync_max_rate: u64,
+    /// Primary: the pace a resync keeps however busy the volume is.
+    #[serde(deserialize_with = "rate", default = "default_resync_min_rate")]
+    pub resync_min_rate: u64,
+    /// Primary: resync bytes sent and not yet durable on the peer.
+    #[serde(deserialize_with = "bytes", default = "default_resync_inflight")]
+    pub resync_max_inflight: u64,
     /// Secondary: where the primary connects (TCP+TLS and/or QUIC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_tcp: Option<SocketAddr>,
@@ -233,6 +257,32 @@ mod duration {
     }
 }
 
+fn bytes32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = bytes(d)?;
+    u32::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} bytes is too large")))
+}
+
+/// A rate: "200MiB/s" (or bytes per second as an integer).
+fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Int(n) => Ok(n),
+        Raw::Text(t) => {
+            let Some(size) = t.trim().strip_suffix("/s") else {
+                return Err(serde::de::Error::custom(format!(
+                    "invalid rate {t:?}: expected a size per second, e.g. \"200MiB/s\""
+                )));
+            };
+            parse_bytes(size.trim()).map_err(serde::de::Error::custom)
+        }
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -289,6 +339,21 @@ fn default_keepalive_peer() -> Duration {
 }
 fn default_peer_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_max_write() -> u32 {
+    32 << 20
+}
+fn default_initial_sync() -> InitialSync {
+    InitialSync::Auto
+}
+fn default_resync_compare() -> ResyncCompare {
+    ResyncCompare::Auto
+}
+fn default_resync_min_rate() -> u64 {
+    10 << 20
+}
+fn default_resync_inflight() -> u64 {
+    16 << 20
 }
 fn default_inflight() -> u64 {
     64 << 20
@@ -353,6 +418,18 @@ impl NodeConfig {
             }
             if !v.region_size.is_power_of_two() || v.region_size < 4096 {
                 bail!("{at}.region_size must be a power of two >= 4KiB");
+            }
+            if !(4096..=32 << 20).contains(&v.max_write) || !v.max_write.is_multiple_of(4096) {
+                bail!("{at}.max_write must be a multiple of 4KiB between 4KiB and 32MiB");
+            }
+            if v.journal_segment_size < u64::from(v.max_write) + (1 << 20) {
+                bail!("{at}.journal_segment_size must exceed max_write by at least 1MiB (a segment holds one maximal record)");
+            }
+            if v.resync_max_rate != 0 && v.resync_min_rate > v.resync_max_rate {
+                bail!("{at}: resync_min_rate must not exceed resync_max_rate");
+            }
+            if v.resync_max_inflight < v.region_size {
+                bail!("{at}.resync_max_inflight must hold at least one region");
             }
             match v.role {
                 VolumeRole::Primary => {
@@ -431,12 +508,18 @@ impl VolumeSection {
             max_batch: default_batch(),
             checkpoint_interval: default_checkpoint(),
             region_size: default_region(),
+            max_write: default_max_write(),
             on_sync_peer_loss: default_loss_policy(),
             suspend_timeout: default_suspend(),
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
             keepalive_interval: default_keepalive_peer(),
             peer_timeout: default_peer_timeout(),
+            initial_sync: default_initial_sync(),
+            resync_compare: default_resync_compare(),
+            resync_max_rate: 0,
+            resync_min_rate: default_resync_min_rate(),
+            resync_max_inflight: default_resync_inflight(),
             listen_tcp: None,
             listen_quic: None,
             nbd: None,

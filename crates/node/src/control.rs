@@ -1,7 +1,10 @@
 //! The control socket: a Unix socket (mode 0600) where the CLI asks the
-//! daemon for its state. One JSON request line, one JSON response line.
+//! daemon for its state, or asks a primary for a resync or verify of a
+//! peer. One JSON request line, one JSON response line.
 
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use replication::VolumeStatus;
@@ -18,10 +21,30 @@ const MAX_REQUEST_BYTES: usize = 4096;
 const MAX_CONTROL_CONNECTIONS: usize = 16;
 const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
 pub enum Request {
     Status,
+    /// Resync what `peer` of `volume` is owed (`full`: every region,
+    /// compared; an unrelated history is overwritten).
+    Resync {
+        volume: String,
+        peer: String,
+        full: bool,
+    },
+    /// Start an online verify of `peer` (`repair`: resync what differs).
+    Verify {
+        volume: String,
+        peer: String,
+        repair: bool,
+    },
+}
+
+/// A request that acts on one peer of one volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerCommand {
+    Resync { full: bool },
+    Verify { repair: bool },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,12 +64,27 @@ pub struct NamedStatus {
 #[serde(tag = "result", rename_all = "lowercase")]
 pub enum Response {
     Ok(NodeStatus),
-    Error { message: String },
+    /// A command was accepted; what was done.
+    Done {
+        message: String,
+    },
+    Error {
+        message: String,
+    },
 }
 
-/// Where the daemon's state comes from when a request arrives.
-pub trait StatusSource: Send + Sync + 'static {
+pub type CommandFuture<'a> = Pin<Box<dyn Future<Output = Result<String, String>> + Send + 'a>>;
+
+/// What the daemon answers requests with.
+pub trait Control: Send + Sync + 'static {
     fn node_status(&self) -> NodeStatus;
+    /// Runs `command` for `peer` of `volume`: what was done, or why not.
+    fn peer_command<'a>(
+        &'a self,
+        volume: &'a str,
+        peer: &'a str,
+        command: PeerCommand,
+    ) -> CommandFuture<'a>;
 }
 
 /// Binds the control socket with mode 0600 (only the daemon's user may
@@ -59,7 +97,7 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), NodeError> {
     Ok((listener, guard))
 }
 
-pub async fn serve(listener: UnixListener, source: Arc<dyn StatusSource>) {
+pub async fn serve(listener: UnixListener, source: Arc<dyn Control>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
     loop {
         // At the limit, further clients wait in the listen backlog.
@@ -87,13 +125,31 @@ pub async fn serve(listener: UnixListener, source: Arc<dyn StatusSource>) {
     }
 }
 
-async fn answer(stream: UnixStream, source: Arc<dyn StatusSource>) -> std::io::Result<()> {
+async fn answer(stream: UnixStream, source: Arc<dyn Control>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
     reader.read_line(&mut line).await?;
+    let done = |r: Result<String, String>| match r {
+        Ok(message) => Response::Done { message },
+        Err(message) => Response::Error { message },
+    };
     let response = match serde_json::from_str::<Request>(line.trim()) {
         Ok(Request::Status) => Response::Ok(source.node_status()),
+        Ok(Request::Resync { volume, peer, full }) => done(
+            source
+                .peer_command(&volume, &peer, PeerCommand::Resync { full })
+                .await,
+        ),
+        Ok(Request::Verify {
+            volume,
+            peer,
+            repair,
+        }) => done(
+            source
+                .peer_command(&volume, &peer, PeerCommand::Verify { repair })
+                .await,
+        ),
         Err(err) => Response::Error {
             message: format!("bad request: {err}"),
         },
@@ -104,9 +160,30 @@ async fn answer(stream: UnixStream, source: Arc<dyn StatusSource>) -> std::io::R
     Ok(())
 }
 
-/// The CLI side: one request, one response (bounded by
-/// [`CONTROL_REQUEST_TIMEOUT`]).
-pub fn request(path: &Path, request: &Request) -> Result<NodeStatus, NodeError> {
+/// The CLI side of `status`.
+pub fn status(path: &Path) -> Result<NodeStatus, NodeError> {
+    match exchange(path, &Request::Status)? {
+        Response::Ok(status) => Ok(status),
+        Response::Done { message } | Response::Error { message } => {
+            Err(NodeError::Refused(message))
+        }
+    }
+}
+
+/// The CLI side of a command: what the daemon did.
+pub fn command(path: &Path, request: &Request) -> Result<String, NodeError> {
+    match exchange(path, request)? {
+        Response::Done { message } => Ok(message),
+        Response::Error { message } => Err(NodeError::Refused(message)),
+        Response::Ok(_) => Err(NodeError::Control {
+            path: path.to_owned(),
+            message: "the daemon answered a command with a status".into(),
+        }),
+    }
+}
+
+/// One request, one response (bounded by [`CONTROL_REQUEST_TIMEOUT`]).
+fn exchange(path: &Path, request: &Request) -> Result<Response, NodeError> {
     use std::io::{BufRead, Write};
     let err = |message: String| NodeError::Control {
         path: path.to_owned(),
@@ -124,12 +201,8 @@ pub fn request(path: &Path, request: &Request) -> Result<NodeStatus, NodeError> 
         Ok(reply)
     })()
     .map_err(|e| err(format!("request failed: {e}")))?;
-    match serde_json::from_str::<Response>(&line)
-        .map_err(|e| err(format!("unreadable reply ({e}): {line:?}")))?
-    {
-        Response::Ok(status) => Ok(status),
-        Response::Error { message } => Err(NodeError::Refused(message)),
-    }
+    serde_json::from_str::<Response>(&line)
+        .map_err(|e| err(format!("unreadable reply ({e}): {line:?}")))
 }
 
 #[cfg(test)]
@@ -137,13 +210,27 @@ mod tests {
     use std::io::{BufRead, Write};
     use std::os::unix::fs::PermissionsExt;
 
-    use replication::{VolumeRole, VolumeStatus};
+    use replication::{DiskState, GenerationStatus, VolumeRole, VolumeStatus};
 
     use super::*;
 
     struct Fixed;
 
-    impl StatusSource for Fixed {
+    impl Control for Fixed {
+        fn peer_command<'a>(
+            &'a self,
+            volume: &'a str,
+            peer: &'a str,
+            command: PeerCommand,
+        ) -> CommandFuture<'a> {
+            Box::pin(async move {
+                match (volume, peer) {
+                    ("vol0", "dr") => Ok(format!("{command:?} started")),
+                    _ => Err(format!("no peer {peer} of volume {volume}")),
+                }
+            })
+        }
+
         fn node_status(&self) -> NodeStatus {
             NodeStatus {
                 node: "alpha".into(),
@@ -153,12 +240,16 @@ mod tests {
                         role: VolumeRole::Primary,
                         volume_uuid: "u".into(),
                         generation: 7,
-                        lineage: vec![(7, 1)],
+                        lineage: vec![GenerationStatus {
+                            id: 7,
+                            start_lsn: 1,
+                            unknown_before: false,
+                        }],
                         written_lsn: 99,
                         durable_lsn: 98,
                         applied_lsn: 99,
                         checkpoint_lsn: 50,
-                        consistent: true,
+                        disk: DiskState::UpToDate,
                         sync_peer_loss_policy: Some("degrade".into()),
                         peers: Vec::new(),
                         upstream: None,
@@ -194,7 +285,7 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "control socket mode {mode:o}");
         let p = path.clone();
-        let got = tokio::task::spawn_blocking(move || request(&p, &Request::Status))
+        let got = tokio::task::spawn_blocking(move || status(&p))
             .await
             .unwrap()
             .unwrap();
@@ -231,7 +322,7 @@ mod tests {
                 Response::Error { message } => {
                     assert!(message.starts_with("bad request"), "{message}")
                 }
-                Response::Ok(_) => panic!("a bad request was answered with a status"),
+                other => panic!("a bad request was answered with {other:?}"),
             }
         }
     }
@@ -242,7 +333,7 @@ mod tests {
         let idle = std::os::unix::net::UnixStream::connect(&path).unwrap();
         let p = path.clone();
         let started = std::time::Instant::now();
-        let got = tokio::task::spawn_blocking(move || request(&p, &Request::Status))
+        let got = tokio::task::spawn_blocking(move || status(&p))
             .await
             .unwrap()
             .unwrap();
@@ -251,10 +342,41 @@ mod tests {
         drop(idle);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_reach_the_daemon_and_refusals_say_why() {
+        let (_dir, path, _guard) = start().await;
+        let p = path.clone();
+        let (ok, refused) = tokio::task::spawn_blocking(move || {
+            let ok = command(
+                &p,
+                &Request::Resync {
+                    volume: "vol0".into(),
+                    peer: "dr".into(),
+                    full: true,
+                },
+            );
+            let refused = command(
+                &p,
+                &Request::Verify {
+                    volume: "vol0".into(),
+                    peer: "nobody".into(),
+                    repair: false,
+                },
+            );
+            (ok, refused)
+        })
+        .await
+        .unwrap();
+        assert_eq!(ok.unwrap(), "Resync { full: true } started");
+        let err = refused.unwrap_err();
+        assert!(matches!(err, NodeError::Refused(_)), "{err}");
+        assert!(err.to_string().contains("no peer nobody"), "{err}");
+    }
+
     #[test]
     fn no_daemon_is_named_as_such() {
         let dir = tempfile::tempdir().unwrap();
-        let err = request(&dir.path().join("none.sock"), &Request::Status).unwrap_err();
+        let err = status(&dir.path().join("none.sock")).unwrap_err();
         assert!(matches!(err, NodeError::Control { .. }), "{err}");
         assert!(err.to_string().contains("is the daemon running"), "{err}");
     }

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use nbd_shim::server::{Export, Server, ServerLimits};
 use replication::{
-    PeerConfig, Primary, PrimaryConfig, Secondary, SecondaryConfig, SyncPeerLossPolicy, VolumeRole,
+    PeerConfig, Primary, PrimaryConfig, ResyncLimits, Secondary, SecondaryConfig,
+    SyncPeerLossPolicy, VolumeRole,
 };
 use store::Store;
 use tokio::sync::watch;
 use transport::TlsIdentity;
 
 use crate::config::{LossPolicy, NodeConfig, VolumeSection};
-use crate::control::{NamedStatus, NodeStatus, StatusSource};
+use crate::control::{CommandFuture, Control, NamedStatus, NodeStatus, PeerCommand};
 use crate::error::NodeError;
 use crate::nbd::{bind_export, shutdown_signal, SocketGuard};
 use crate::open::{open_store, open_volume, StoreSpec};
@@ -61,7 +62,34 @@ struct Node {
     volumes: Vec<(String, Running)>,
 }
 
-impl StatusSource for Node {
+impl Control for Node {
+    fn peer_command<'a>(
+        &'a self,
+        volume: &'a str,
+        peer: &'a str,
+        command: PeerCommand,
+    ) -> CommandFuture<'a> {
+        Box::pin(async move {
+            let running = self
+                .volumes
+                .iter()
+                .find(|(name, _)| name == volume)
+                .map(|(_, r)| r)
+                .ok_or_else(|| format!("no volume {volume:?} on node {}", self.name))?;
+            let Running::Primary(p) = running else {
+                return Err(format!(
+                    "volume {volume} is a secondary on node {}: run this on its primary",
+                    self.name
+                ));
+            };
+            let done = match command {
+                PeerCommand::Resync { full } => p.resync(peer, full).await,
+                PeerCommand::Verify { repair } => p.verify(peer, repair).await,
+            };
+            done.map_err(|e| e.to_string())
+        })
+    }
+
     fn node_status(&self) -> NodeStatus {
         NodeStatus {
             node: self.name.clone(),
@@ -101,7 +129,7 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
 
     for v in &config.volumes {
         let spec = store_spec(v)?;
-        let store = open_store(&spec, open_volume(&spec, false)?).await?;
+        let (store, report) = open_store(&spec, open_volume(&spec, false)?).await?;
         let engine_err = |cause| NodeError::Engine {
             volume: v.name.clone(),
             cause,
@@ -109,10 +137,10 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
         match v.role {
             VolumeRole::Primary => {
                 let primary = repl
-                    .spawn(Primary::start(
-                        store,
-                        primary_config(&config.node.name, v, &tls, &quic),
-                    ))
+                    .spawn({
+                        let cfg = primary_config(&config.node.name, v, &tls, &quic);
+                        async move { Primary::start(store, cfg, &report).await }
+                    })
                     .await
                     .map_err(|e| NodeError::io("replication runtime", std::io::Error::other(e)))?
                     .map_err(engine_err)?;
@@ -128,7 +156,10 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
                         target,
                         read_only: false,
                     }],
-                    ServerLimits::default(),
+                    ServerLimits {
+                        max_payload_bytes: v.max_write,
+                        ..ServerLimits::default()
+                    },
                 )
                 .map_err(NodeError::Nbd)?;
                 let bound = bind_export(&export_name, nbd.unix.as_deref(), nbd.listen).await?;
@@ -192,9 +223,11 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
             Running::Primary(p) => p.shutdown().await,
             Running::Secondary(s) => s.shutdown().await,
         }
-        match running.store().checkpoint().await {
+        // A clean stop: the next start knows nothing can differ from the
+        // journal (no new generation, nothing to compare).
+        match running.store().close().await {
             Ok(lsn) => {
-                tracing::info!(volume = %name, checkpoint_lsn = lsn, "volume fsynced and journal checkpointed")
+                tracing::info!(volume = %name, checkpoint_lsn = lsn, "volume fsynced, journal checkpointed, closed cleanly")
             }
             Err(err) => tracing::error!(volume = %name, error = %err, "final checkpoint failed"),
         }
@@ -220,6 +253,7 @@ fn store_spec(v: &VolumeSection) -> Result<StoreSpec, NodeError> {
         max_batch_wait: std::time::Duration::ZERO,
         checkpoint_interval: v.checkpoint_interval,
         region_bytes: v.region_size,
+        max_write_bytes: v.max_write,
         volume_uuid: Some(v.uuid),
     })
 }
@@ -255,5 +289,12 @@ fn primary_config(
     cfg.keepalive_interval = v.keepalive_interval;
     cfg.peer_timeout = v.peer_timeout;
     cfg.quic = quic.clone();
+    cfg.initial_sync = v.initial_sync;
+    cfg.resync_compare = v.resync_compare;
+    cfg.resync = ResyncLimits {
+        max_rate_bytes_per_sec: v.resync_max_rate,
+        min_rate_bytes_per_sec: v.resync_min_rate,
+        max_inflight_bytes: v.resync_max_inflight,
+    };
     cfg
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use journal::JournalConfig;
-use store::{Store, StoreConfig};
+use store::{RecoveryReport, Store, StoreConfig};
 use uuid::Uuid;
 use volume::{EngineKind, Volume, VolumeOptions};
 
@@ -32,6 +32,8 @@ pub struct StoreSpec {
     pub max_batch_wait: Duration,
     pub checkpoint_interval: Duration,
     pub region_bytes: u64,
+    /// The largest NBD WRITE accepted, and so the largest journal record.
+    pub max_write_bytes: u32,
     /// The identity every node of the volume shares; `None` makes a new one
     /// when the journal is created (`serve`).
     pub volume_uuid: Option<Uuid>,
@@ -46,6 +48,7 @@ impl StoreSpec {
             .map_err(|_| NodeError::Config("max batch bytes too large".into()))?;
         j.max_batch_wait = self.max_batch_wait;
         j.region_bytes = self.region_bytes;
+        j.max_record_payload_bytes = self.max_write_bytes as usize;
         j.pressure_bytes = self.journal_size_bytes / 100 * PRESSURE_PERCENT;
         Ok(j)
     }
@@ -75,12 +78,17 @@ pub fn open_volume(spec: &StoreSpec, read_only: bool) -> Result<Volume, NodeErro
 }
 
 /// Opens the journal beside `volume`, redoes it after its checkpoint and
-/// starts the checkpointer.
-pub async fn open_store(spec: &StoreSpec, volume: Volume) -> Result<Arc<Store>, NodeError> {
+/// starts the checkpointer; returns what recovery found too (a primary
+/// acts on an unclean stop).
+pub async fn open_store(
+    spec: &StoreSpec,
+    volume: Volume,
+) -> Result<(Arc<Store>, RecoveryReport), NodeError> {
     let config = StoreConfig {
         journal: spec.journal_config()?,
         checkpoint_interval: spec.checkpoint_interval,
         volume_uuid: spec.volume_uuid,
+        activity: Default::default(),
     };
     let (store, report) = Store::open(volume, config)
         .await
@@ -95,7 +103,9 @@ pub async fn open_store(spec: &StoreSpec, volume: Volume) -> Result<Arc<Store>, 
         checkpoint_lsn = report.checkpoint_lsn,
         redone_records = report.redone_records,
         dropped_tail_bytes = report.dropped_tail_bytes,
+        created = report.created,
+        unclean = report.activity.unclean,
         "journal recovered"
     );
-    Ok(store)
+    Ok((store, report))
 }

@@ -98,6 +98,7 @@ impl ServeArgs {
             max_batch_wait: j.max_batch_wait,
             checkpoint_interval: j.checkpoint_interval,
             region_bytes: j.region_size,
+            max_write_bytes: ServerLimits::default().max_payload_bytes,
             // A volume served alone gets a fresh identity when its journal is made.
             volume_uuid: None,
         }
@@ -120,9 +121,11 @@ async fn serve(args: ServeArgs) -> Result<(), NodeError> {
         let target = VolumeTarget::new(volume, args.read_only);
         return serve_target(&args, Arc::new(target)).await;
     }
-    let store = open_store(&spec, volume).await?;
+    // An unclean stop's hot ranges stay in the activity log for the next
+    // primary run: `serve` has no peers to hand them to.
+    let (store, _) = open_store(&spec, volume).await?;
     serve_target(&args, Arc::new(JournaledTarget::new(store.clone()))).await?;
-    let lsn = store.checkpoint().await.map_err(|cause| NodeError::Store {
+    let lsn = store.close().await.map_err(|cause| NodeError::Store {
         volume: spec.name.clone(),
         cause,
     })?;

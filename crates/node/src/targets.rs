@@ -331,6 +331,7 @@ mod tests {
             journal,
             checkpoint_interval: Duration::from_secs(3600),
             volume_uuid: None,
+            activity: Default::default(),
         };
         let (store, _) = Store::open(volume(dir, false), cfg).await.unwrap();
         JournaledTarget::new(store)
