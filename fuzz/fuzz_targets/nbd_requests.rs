@@ -61,14 +61,24 @@ fn answer(cookie: u64, command: Command, structured: bool) {
         Command::Read { offset, len } => {
             assert!(len > 0 && len <= MAX_PAYLOAD_BYTES);
             assert!(offset + u64::from(len) <= 1 << 24);
-            let f = ReplyFrame::read(cookie, structured, offset, Bytes::from(vec![0u8; len as usize]));
+            let f = ReplyFrame::read(
+                cookie,
+                structured,
+                offset,
+                Bytes::from(vec![0u8; len as usize]),
+            );
             assert_eq!(f.payload().len(), len as usize);
         }
         Command::Write { data, offset, .. } => {
             assert!(!data.is_empty() && data.len() <= MAX_PAYLOAD_BYTES as usize);
             assert!(offset + data.len() as u64 <= 1 << 24);
         }
-        Command::BlockStatus { offset, len, req_one, context_id } => {
+        Command::BlockStatus {
+            offset,
+            len,
+            req_one,
+            context_id,
+        } => {
             assert!(structured);
             // Extents derived from the request itself, some overlong.
             let extents: Vec<Extent> = (0..(offset % 5))

@@ -190,6 +190,11 @@ impl SecondarySession {
     }
 
     fn on_ops(&mut self, ops: Vec<SyncOp>) -> Result<Vec<Step>, SessionError> {
+        if let Some(end) = ops.iter().position(|o| o.kind == SyncOpKind::End) {
+            if end + 1 != ops.len() {
+                return Err(SessionError::Protocol("operations after End".into()));
+            }
+        }
         for op in &ops {
             if op.seq <= self.last_seq {
                 return Err(SessionError::Protocol(format!(
@@ -226,10 +231,7 @@ impl SecondarySession {
                 )));
             }
         }
-        if ops.iter().any(|o| o.kind == SyncOpKind::End) {
-            if ops.last().is_some_and(|o| o.kind != SyncOpKind::End) {
-                return Err(SessionError::Protocol("operations after End".into()));
-            }
+        if ops.last().is_some_and(|o| o.kind == SyncOpKind::End) {
             self.job = None;
         }
         Ok(vec![Step::Ops(ops)])

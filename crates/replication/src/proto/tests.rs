@@ -254,6 +254,70 @@ fn batches_must_continue_and_match_their_digests() {
 }
 
 #[test]
+fn resync_operations_only_inside_a_resync_and_nothing_after_end() {
+    use super::secondary::SecondarySession;
+    use wire::{Message, SyncOp, SyncOpKind};
+    let op = |seq, kind| SyncOp {
+        seq,
+        kind,
+        offset: 0,
+        len: 0,
+        data: Bytes::new(),
+        blake3: [0; 32],
+    };
+    let begin = Message::ResyncBegin {
+        job: 1,
+        stream_from_lsn: 1,
+        ranges: 0,
+        compare: false,
+        rollback_from_lsn: None,
+        lineage: vec![LineageEntry {
+            generation_id: 7,
+            start_lsn: 1,
+            unknown_before: false,
+        }],
+    };
+    let session = || SecondarySession::new(1 << 20, 1, 7, Vec::new());
+    let ops = |v: Vec<SyncOp>| Message::SyncOps { ops: v };
+    // Outside a resync.
+    assert!(session()
+        .handle(ops(vec![op(1, SyncOpKind::Zero)]))
+        .is_err());
+    assert!(session().handle(ops(vec![op(1, SyncOpKind::End)])).is_err());
+    // Anything after End, in the same batch or the next.
+    for batch in [
+        vec![op(1, SyncOpKind::End), op(2, SyncOpKind::End)],
+        vec![
+            op(1, SyncOpKind::End),
+            op(2, SyncOpKind::Zero),
+            op(3, SyncOpKind::End),
+        ],
+    ] {
+        let mut s = session();
+        s.handle(begin.clone()).unwrap();
+        assert!(s.handle(ops(batch)).is_err());
+    }
+    let mut s = session();
+    s.handle(begin).unwrap();
+    s.handle(ops(vec![op(1, SyncOpKind::Zero), op(2, SyncOpKind::End)]))
+        .unwrap();
+    assert!(s.handle(ops(vec![op(3, SyncOpKind::Zero)])).is_err());
+    // Sequence numbers only go up.
+    let mut s = session();
+    s.handle(Message::ResyncBegin {
+        job: 2,
+        stream_from_lsn: 1,
+        ranges: 0,
+        compare: false,
+        rollback_from_lsn: None,
+        lineage: Vec::new(),
+    })
+    .unwrap();
+    s.handle(ops(vec![op(5, SyncOpKind::Zero)])).unwrap();
+    assert!(s.handle(ops(vec![op(5, SyncOpKind::Zero)])).is_err());
+}
+
+#[test]
 fn suspend_waits_until_the_timeout_then_degrades() {
     let t0 = Instant::now();
     let policy = SyncPeerLossPolicy::Suspend {
