@@ -882,6 +882,83 @@ async fn mismatched_peers_are_refused_with_a_named_reason() {
     }
 }
 
+/// A node whose Hello names someone other than its certificate is refused,
+/// whichever side it is: the secondary by the primary, the primary by the
+/// secondary. Nothing is written to the secondary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_naming_another_node_than_the_certificate_is_refused() {
+    logs();
+    let pki = Pki::new();
+    let uuid = Uuid::new_v4();
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    // A secondary with node-a's certificate calling itself node-z.
+    let (sp, rp) = open_primary_store(dirs[0].path(), uuid).await;
+    let sa = open_store(dirs[1].path(), uuid).await;
+    let a = Secondary::start(
+        sa.clone(),
+        secondary_cfg(pki.identity("node-a"), "node-z", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let p = Primary::start(
+        sp,
+        primary_cfg(
+            &pki,
+            vec![peer(
+                "node-a",
+                PeerMode::Async,
+                TransportKind::Tcp,
+                a.local_addrs().0.unwrap(),
+            )],
+        ),
+        &rp,
+    )
+    .await
+    .unwrap();
+    let why = refused_reason(&p, "node-a").await;
+    assert!(
+        why.contains("node-z") && why.contains("certificate"),
+        "{why}"
+    );
+    p.shutdown().await;
+    a.shutdown().await;
+    assert_eq!(
+        sa.journal().written_lsn(),
+        0,
+        "nothing reached the impostor"
+    );
+    // A primary with node-p's certificate calling itself node-q.
+    let (sq, rq) = open_primary_store(dirs[2].path(), uuid).await;
+    let sb = open_store(dirs[3].path(), uuid).await;
+    let b = Secondary::start(
+        sb.clone(),
+        secondary_cfg(pki.identity("node-b"), "node-b", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let mut cfg = primary_cfg(
+        &pki,
+        vec![peer(
+            "node-b",
+            PeerMode::Async,
+            TransportKind::Tcp,
+            b.local_addrs().0.unwrap(),
+        )],
+    );
+    cfg.node_id = "node-q".into();
+    let q = Primary::start(sq, cfg, &rq).await.unwrap();
+    let why = refused_reason(&q, "node-b").await;
+    assert!(
+        why.contains("node-q") && why.contains("certificate"),
+        "{why}"
+    );
+    let e = b.status().last_error.expect("the secondary says why");
+    assert!(e.contains("node-q"), "{e}");
+    q.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(sb.journal().written_lsn(), 0, "nothing from the impostor");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_frames_close_their_session_and_the_real_primary_is_served() {
     use tokio::io::AsyncWriteExt;
