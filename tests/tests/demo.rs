@@ -28,5 +28,8 @@ fn demo_runs_and_the_three_copies_match() {
     );
     // The DR peer fell past its small journal and came back by a bitmap
     // resync, not by a copy of the whole volume.
-    assert!(stdout.contains("resynced ") && stdout.contains("not the whole"), "{stdout}");
+    assert!(
+        stdout.contains("resynced ") && stdout.contains("not the whole"),
+        "{stdout}"
+    );
 }

@@ -211,7 +211,7 @@ fn scenario(
     // every region compared) before any write, so the run starts in sync.
     crate::cluster::wait_up_to_date(&alpha, &["metro", "dr"], &[&metro, &dr])?;
     println!(
-        "  both peers connected and up to date {:.1} s after start (initial sync: every region compared, zeroes sent as holes)",
+        "  both peers connected and up to date {:.1} s after start (initial sync of every region; zero ranges sent as holes)",
         started.elapsed().as_secs_f64()
     );
     let mut nodes = [alpha, metro, dr];

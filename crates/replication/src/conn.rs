@@ -202,6 +202,7 @@ pub(crate) fn hello(store: &Store, node_id: &str, role: Role, durable_lsn: Lsn) 
             DataState::Consistent
         },
         overwrite: false,
+        empty: false,
     }
 }
 

@@ -391,6 +391,7 @@ async fn session(
                     peer,
                     consumer,
                     true,
+                    true,
                     remote.durable_lsn + 1,
                     None,
                     scfg,
@@ -411,6 +412,7 @@ async fn session(
                 peer,
                 consumer,
                 plan.full,
+                plan.compare,
                 peer_next,
                 plan.rollback_from,
                 scfg,
@@ -481,6 +483,7 @@ async fn start_resync(
     peer: &Peer,
     consumer: &mut Consumer,
     full: bool,
+    compare_full: bool,
     peer_next: Lsn,
     rollback_from: Option<Lsn>,
     scfg: SessionConfig,
@@ -489,9 +492,10 @@ async fn start_resync(
     let journal = inner.store.journal();
     let name = &peer.cfg.name;
     if full {
+        // Compared unless the peer holds no data at all.
         let all = DirtyBitmap::full(inner.store.volume().size_bytes(), journal.region_bytes());
         journal
-            .mark_consumer_regions(name, all, true)
+            .mark_consumer_regions(name, all, compare_full)
             .await
             .map_err(|e| format!("marking every region for {name}: {e}"))?;
     }
@@ -517,7 +521,7 @@ async fn start_resync(
         .seek(start.from_lsn)
         .map_err(|e| format!("consumer of {name}: {e}"))?;
     let compare = match inner.cfg.resync_compare {
-        ResyncCompare::Auto => start.compare || full,
+        ResyncCompare::Auto => start.compare,
         ResyncCompare::Always => true,
         ResyncCompare::Never => false,
     };

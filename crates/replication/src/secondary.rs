@@ -369,7 +369,9 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
         refuse(&mut c, RefuseCode::NotAllowed, "secondary shutting down").await;
         return;
     }
-    let local = local_hello(&inner.store, &inner.cfg.node_id);
+    let mut local = local_hello(&inner.store, &inner.cfg.node_id);
+    // A new peer's volume with no data needs no compare in its first sync.
+    local.empty = local.lineage.is_empty() && !inner.store.holds_data().await.unwrap_or(true);
     if let Err((code, why)) = secondary_verdict(&local, &hello, &c.peer_name) {
         drop(active);
         refuse(&mut c, code, &why).await;

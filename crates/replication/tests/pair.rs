@@ -68,6 +68,7 @@ fn hello(role: Role, lineage: Vec<LineageEntry>, durable_lsn: Lsn, consistent: b
             DataState::Inconsistent
         },
         overwrite: false,
+        empty: false,
     }
 }
 
@@ -327,12 +328,13 @@ impl Sim {
         let p = &self.pri;
         let s = &self.sec;
         let local = hello(Role::Primary, lineage(), p.written(), true);
-        let remote = hello(
+        let mut remote = hello(
             Role::Secondary,
             s.lineage.clone(),
             s.next_lsn - 1,
             s.consistent,
         );
+        remote.empty = s.lineage.is_empty() && s.vol.iter().all(|&b| b == 0);
         if let Err((code, why)) = secondary_verdict(&remote, &local, "alpha") {
             self.fail(format!("the secondary refused the primary: {code:?} {why}"));
         }
@@ -374,7 +376,7 @@ impl Sim {
                 let pri = &mut self.pri;
                 if plan.full {
                     pri.bitmap = (0..REGIONS).collect();
-                    pri.compare = true;
+                    pri.compare |= plan.compare;
                 }
                 let peer_next = (self.sec.next_lsn).min(plan.rollback_from.unwrap_or(Lsn::MAX));
                 // `Journal::begin_resync`: a folded consumer streams from
@@ -394,7 +396,7 @@ impl Sim {
                 };
                 pri.tracking = false;
                 pri.acked = pri.acked.max(from - 1);
-                let compare = pri.compare || plan.full;
+                let compare = pri.compare;
                 let mut session = PrimarySession::new(self.cfg.clone(), from - 1, now);
                 let owed = pri.bitmap.len() as u64;
                 session

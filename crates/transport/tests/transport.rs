@@ -79,6 +79,7 @@ fn sample_messages() -> Vec<Message> {
             durable_lsn: 0,
             data_state: DataState::Consistent,
             overwrite: false,
+            empty: false,
         }),
         Message::Records {
             first_lsn: 1,

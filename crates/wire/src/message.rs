@@ -133,6 +133,9 @@ pub struct Hello {
     /// Sent by a primary whose operator asked to overwrite this peer
     /// (`resync --full`): an unrelated history is replaced, not refused.
     pub overwrite: bool,
+    /// The sender's volume holds no data (holes only): a full sync into it
+    /// has nothing to compare.
+    pub empty: bool,
 }
 
 /// Why a handshake was refused. Unknown codes are kept, so newer peers can add codes.
@@ -519,7 +522,14 @@ fn encode_hello(w: &mut ChunkWriter, h: &Hello, limits: &Limits) -> Result<(), W
     }
     w.put_u16(h.protocol_version);
     w.put_u8(h.role.to_u8());
-    w.put_u8(if h.overwrite { HELLO_FLAG_OVERWRITE } else { 0 });
+    let mut flags = 0;
+    if h.overwrite {
+        flags |= HELLO_FLAG_OVERWRITE;
+    }
+    if h.empty {
+        flags |= HELLO_FLAG_EMPTY;
+    }
+    w.put_u8(flags);
     w.put_u8(h.node_id.len() as u8);
     w.put_slice(h.node_id.as_bytes());
     w.put_slice(h.volume_uuid.as_bytes());
@@ -532,6 +542,7 @@ fn encode_hello(w: &mut ChunkWriter, h: &Hello, limits: &Limits) -> Result<(), W
 
 /// Hello flag: the primary's operator asked to overwrite this peer.
 const HELLO_FLAG_OVERWRITE: u8 = 1;
+const HELLO_FLAG_EMPTY: u8 = 2;
 /// Lineage entry flag: see [`LineageEntry::unknown_before`].
 const LINEAGE_FLAG_UNKNOWN_BEFORE: u8 = 1;
 
@@ -888,7 +899,7 @@ fn decode_hello(r: &mut Reader, limits: &Limits) -> Result<Hello, WireError> {
     let protocol_version = r.u16("hello.protocol_version")?;
     let role = Role::from_u8(r.u8("hello.role")?)?;
     let flags = r.u8("hello.flags")?;
-    if flags & !HELLO_FLAG_OVERWRITE != 0 {
+    if flags & !(HELLO_FLAG_OVERWRITE | HELLO_FLAG_EMPTY) != 0 {
         return Err(malformed("hello.flags", "unknown flag bits set"));
     }
     let id_len = r.u8("hello.node_id")? as usize;
@@ -914,6 +925,7 @@ fn decode_hello(r: &mut Reader, limits: &Limits) -> Result<Hello, WireError> {
         durable_lsn,
         data_state,
         overwrite: flags & HELLO_FLAG_OVERWRITE != 0,
+        empty: flags & HELLO_FLAG_EMPTY != 0,
     })
 }
 

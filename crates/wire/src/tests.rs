@@ -27,6 +27,7 @@ fn hello() -> Hello {
         durable_lsn: 1234,
         data_state: DataState::Consistent,
         overwrite: false,
+        empty: false,
     }
 }
 
@@ -711,10 +712,20 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         arb_lineage(),
         any::<bool>(),
         any::<u64>(),
-        any::<(bool, bool)>(),
+        any::<(bool, bool, bool)>(),
     )
         .prop_map(
-            |(v, id, u, size, region, lineage, primary, durable, (inconsistent, overwrite))| {
+            |(
+                v,
+                id,
+                u,
+                size,
+                region,
+                lineage,
+                primary,
+                durable,
+                (inconsistent, overwrite, empty),
+            )| {
                 Hello {
                     protocol_version: v,
                     node_id: id,
@@ -734,6 +745,7 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
                         DataState::Consistent
                     },
                     overwrite,
+                    empty,
                 }
             },
         )

@@ -33,6 +33,7 @@ fn hello(role: Role, lsn: u64, lineage: &[(u64, u64)]) -> Hello {
         durable_lsn: lsn,
         data_state: DataState::Consistent,
         overwrite: false,
+        empty: false,
     }
 }
 
@@ -100,6 +101,13 @@ fn primary_verdicts_follow_the_lineages() {
     let new = hello(Role::Secondary, 0, &[]);
     let r = plan(primary_verdict(&f, &new));
     assert!(r.full && r.compare);
+    // ... nothing to compare when its volume holds no data.
+    let empty = Hello {
+        empty: true,
+        ..new.clone()
+    };
+    let r = plan(primary_verdict(&f, &empty));
+    assert!(r.full && !r.compare);
     let manual = PrimaryFacts {
         initial_sync: InitialSync::Manual,
         ..facts(&p)

@@ -125,6 +125,12 @@ pub fn primary_verdict(f: &PrimaryFacts<'_>, remote: &Hello) -> PrimaryVerdict {
     }
     if remote.lineage.is_empty() {
         return match f.initial_sync {
+            InitialSync::Auto if remote.empty => resync(
+                true,
+                false,
+                None,
+                "the peer has no history and no data yet: initial sync of every region".into(),
+            ),
             InitialSync::Auto => resync(
                 true,
                 true,
