@@ -119,7 +119,7 @@ if [ "$mode" != none ]; then
   fi
   # Watchdog: $$ becomes the primary after exec; when it is gone, stop the
   # secondary (TERM, then KILL after 5 s). With PEER_LOG set, it also appends
-  # every change of the peer's state ("MODE STATE", e.g. needs-resync after a
+  # every change of the peer's state ("MODE STATE", e.g. connected/outdated after a
   # fold) to that file, so a benchmark can tell which runs shipped throughout.
   me=$$
   (
@@ -131,7 +131,7 @@ if [ "$mode" != none ]; then
       n=$((n + 1))
       if [ -n "${PEER_LOG:-}" ] && [ $((n % 5)) = 0 ]; then
         st=$("$bin" status --socket "$dir/pri.ctl" --json 2>/dev/null |
-          jq -r '.volumes[0].peers[0].state' 2>/dev/null) || st=""
+          jq -r '.volumes[0].peers[0] | "\(.connection)/\(.disk)"' 2>/dev/null) || st=""
         if [ -n "$st" ] && [ "$st" != "$last" ]; then
           echo "$(date +%T) $mode $st" >>"$PEER_LOG"
           last=$st

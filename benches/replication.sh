@@ -68,10 +68,10 @@ print("\nMedians of interleaved reps; ratios of medians from this run. Targets: 
       " randwrite4k-qd32 and seqwrite1m-qd8, (c) >= 0.95x on every job.")
 EOF
 echo
-echo "# peer state changes per server run (an async peer that falls past the"
-echo "# journal cap is needs-resync from then on: later jobs of that run ship nothing):"
+echo "# peer connection/disk changes per server run (an async peer that falls past"
+echo "# the journal cap goes outdated, then syncing: those jobs shipped regions, not records):"
 sed 's/^/#   /' "$PEER_LOG"
-if grep -q "needs-resync" "$PEER_LOG"; then
-  echo "# WARNING: some runs lost their peer (needs-resync); their later jobs are not replicated"
+if grep -qE "/(outdated|syncing|inconsistent)" "$PEER_LOG"; then
+  echo "# WARNING: some runs' peer fell behind past the journal and was resynced from its bitmap"
 fi
 echo "# raw rows appended to $TSV"
