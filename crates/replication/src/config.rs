@@ -8,7 +8,18 @@ use std::time::Duration;
 use transport::{QuicTuning, TlsIdentity};
 
 use crate::error::EngineError;
-pub use crate::proto::primary::ResyncLimits;
+
+/// Resync pacing: a cap, and a floor that application writes cannot push
+/// it below (DRBD's c-max-rate and c-min-rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResyncLimits {
+    /// Bytes per second of regions read and sent at most (0: no cap).
+    pub max_rate_bytes_per_sec: u64,
+    /// Bytes per second a resync keeps however busy the volume is.
+    pub min_rate_bytes_per_sec: u64,
+    /// Operation bytes sent and not yet acknowledged, at most.
+    pub max_inflight_bytes: u64,
+}
 
 /// How the primary waits for a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -5,20 +5,21 @@
 //! backoff. It is the one owner of the peer's state; the write path and
 //! status read it through a watch channel (`PeerView`).
 
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use journal::{Consumer, DirtyBitmap, Lsn, ReadBatch};
-use tokio::sync::{mpsc, oneshot, watch};
+use store::Store;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinSet;
 use transport::TransportError;
 use wire::{ByeCode, Message, RefuseCode, Role};
 
-use crate::config::{PeerConfig, PeerMode, ResyncCompare, SyncPeerLossPolicy};
+use crate::config::{PeerConfig, PeerMode, PrimaryConfig, ResyncCompare, SyncPeerLossPolicy};
 use crate::conn::{self, is_auth_error, MsgReader, MsgWriter};
-use crate::primary::Inner;
 use crate::proto::gate::{on_sync_ack, on_sync_connect, on_sync_disconnect, SyncState};
-use crate::proto::lag::Throughput;
+use crate::proto::lag::{LagTracker, Throughput};
 use crate::proto::primary::{
     Content, End, Event, JobKind, JobOutcome, JobSpec, Origin, PrimarySession, SessionConfig,
     Snapshot,
@@ -27,6 +28,20 @@ use crate::proto::verdict::{primary_verdict, PrimaryFacts, PrimaryVerdict};
 use crate::status::{
     ConnectionState, DiskState, JobKindStatus, JobStatus, ResyncReport, VerifyReport,
 };
+
+/// What the write path (`primary.rs`) and the peer tasks share.
+pub(crate) struct Inner {
+    pub store: Arc<Store>,
+    pub cfg: PrimaryConfig,
+    pub peers: Vec<Arc<Peer>>,
+    pub lag: Mutex<LagTracker>,
+    /// Acks and sync-state changes: sync waiters re-decide.
+    pub changed: Notify,
+    /// Set by shutdown: no new writes; sessions drain.
+    pub draining: watch::Sender<bool>,
+    /// Set after the drain: waiters give up.
+    pub closed: AtomicBool,
+}
 
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
 /// A session that streamed this long resets the reconnect backoff.

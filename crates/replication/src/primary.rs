@@ -25,26 +25,13 @@ use tokio::task::JoinHandle;
 use crate::config::{PeerMode, PrimaryConfig};
 use crate::error::EngineError;
 use crate::lock;
-use crate::peer::{self, Command, Peer};
+use crate::peer::{self, Command, Inner, Peer};
 use crate::proto::gate::{decide, Decision, Need, SyncState};
 use crate::proto::lag::LagTracker;
 use crate::status::{volume_status, DiskState, PeerStatus, SyncGate, VolumeRole, VolumeStatus};
 
 /// Unacknowledged writes tracked for lag; beyond it lag is estimated.
 const MAX_LAG_TRACKED_RECORDS: usize = 1 << 18;
-
-pub(crate) struct Inner {
-    pub store: Arc<Store>,
-    pub cfg: PrimaryConfig,
-    pub peers: Vec<Arc<Peer>>,
-    lag: Mutex<LagTracker>,
-    /// Acks and sync-state changes: sync waiters re-decide.
-    pub changed: Notify,
-    /// Set by shutdown: no new writes; sessions drain.
-    pub draining: watch::Sender<bool>,
-    /// Set after the drain: waiters give up.
-    closed: AtomicBool,
-}
 
 /// The primary of one volume. See the crate docs for the guarantees.
 pub struct Primary {

@@ -1,7 +1,7 @@
 //! The primary's side of one peer session, sans-IO: records and resync or
 //! verify operations in one ordered stream, the shipping window, acks,
 //! keepalives and timeouts, and the bookkeeping of a running job. The
-//! driver (`crate::peer`) feeds it journal records, region snapshots and
+//! driver (`peer.rs`) feeds it journal records, region snapshots and
 //! received messages, and carries out what it asks (`poll_transmit`,
 //! `poll_event`); it owns nothing else of the session.
 //!
@@ -22,17 +22,7 @@ use wire::{LineageEntry, Message, Rollback, SyncOp, SyncOpKind, WireRecord};
 use super::lag::Throughput;
 use super::ship::ShipState;
 
-/// Resync pacing: a cap, and a floor that application writes cannot push
-/// it below (DRBD's c-max-rate and c-min-rate).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ResyncLimits {
-    /// Bytes per second of regions read and sent at most (0: no cap).
-    pub max_rate_bytes_per_sec: u64,
-    /// Bytes per second a resync keeps however busy the volume is.
-    pub min_rate_bytes_per_sec: u64,
-    /// Operation bytes sent and not yet acknowledged, at most.
-    pub max_inflight_bytes: u64,
-}
+pub use crate::config::ResyncLimits;
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {

@@ -1,6 +1,6 @@
 //! The secondary's side of a primary session, sans-IO: every received
 //! message is checked (LSN continuity, generations, operation sequence,
-//! checksums, ranges) before the driver (`crate::secondary`) touches the
+//! checksums, ranges) before the driver (`secondary.rs`) touches the
 //! journal or the volume, and turned into the steps it must carry out, in
 //! stream order. Nothing is applied out of order: records, resync and
 //! verify operations go through one queue.
