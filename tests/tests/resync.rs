@@ -48,16 +48,46 @@ fn start_dr(site: &Site) -> NodeProc {
     NodeProc::start(&site.dir, &fixed).unwrap()
 }
 
+/// A primary shipping to `dr` asynchronously over TCP+TLS.
 fn primary_of(site: &Site, dr: &NodeProc, tune: impl FnOnce(&mut VolumeSection)) -> NodeProc {
+    primary_with(site, dr, PeerMode::Async, tune)
+}
+
+fn primary_with(
+    site: &Site,
+    dr: &NodeProc,
+    mode: PeerMode,
+    tune: impl FnOnce(&mut VolumeSection),
+) -> NodeProc {
     let mut v = with_peer(
         site.primary_volume("primary", SIZE),
         "dr",
-        PeerMode::Async,
+        mode,
         TCP,
         dr.tcp.expect("dr listens on TCP"),
     );
     tune(&mut v);
     start(site, "primary", v)
+}
+
+/// Stops both nodes (each must exit 0) and checks their volumes are
+/// byte-identical.
+fn stop_and_compare(site: &Site, primary: &mut NodeProc, dr: &mut NodeProc) {
+    primary.stop().unwrap();
+    dr.stop().unwrap();
+    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+}
+
+/// `cp -a --sparse=always FROM TO` (a file or a directory).
+fn copy_as_is(from: &Path, to: &Path) {
+    run_ok(
+        Command::new("cp")
+            .args(["-a", "--sparse=always"])
+            .arg(from)
+            .arg(to),
+        Duration::from_secs(60),
+    )
+    .unwrap();
 }
 
 fn peer(n: &NodeProc) -> PeerStatus {
@@ -191,9 +221,7 @@ fn seeded_copy_gets_only_the_regions_written_since_it_was_taken() {
         "more than the written regions crossed: {r:?}\n{}",
         primary.log_tail(20)
     );
-    primary.stop().unwrap();
-    dr.stop().unwrap();
-    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+    stop_and_compare(&site, &mut primary, &mut dr);
 }
 
 #[test]
@@ -243,9 +271,7 @@ fn unrelated_peer_is_refused_on_both_sides_until_resync_full() {
     let v = wait_caught_up(&primary, &["dr"], &[&dr], CATCH_UP).unwrap();
     let r = v.peer("dr").unwrap().last_resync.clone().expect("resynced");
     assert!(r.full, "{r:?}");
-    primary.stop().unwrap();
-    dr.stop().unwrap();
-    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+    stop_and_compare(&site, &mut primary, &mut dr);
 }
 
 #[test]
@@ -295,9 +321,7 @@ fn verify_names_a_flipped_region_and_repair_fixes_it() {
         String::from_utf8_lossy(&out.stdout)
     );
     wait_caught_up(&primary, &["dr"], &[&dr], CATCH_UP).unwrap();
-    primary.stop().unwrap();
-    dr.stop().unwrap();
-    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+    stop_and_compare(&site, &mut primary, &mut dr);
 }
 
 #[test]
@@ -326,9 +350,7 @@ fn recreated_primary_journal_is_not_streamed_from_a_stale_lsn() {
         .expect("a resync ran");
     eprintln!("after the journal was re-created: {r:?}");
     assert!(r.full && r.compare, "{r:?}");
-    primary.stop().unwrap();
-    dr.stop().unwrap();
-    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+    stop_and_compare(&site, &mut primary, &mut dr);
 }
 
 /// Kills one side with SIGKILL at a random moment of a running resync,
@@ -377,9 +399,7 @@ fn kill_mid_resync(victim_is_primary: bool) {
         total <= 96 * MIB * 13 / 10,
         "{total} B sent for 96 MiB of data"
     );
-    primary.stop().unwrap();
-    dr.stop().unwrap();
-    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+    stop_and_compare(&site, &mut primary, &mut dr);
 }
 
 #[test]
@@ -439,9 +459,7 @@ fn resync_under_a_fio_verify_workload_ends_identical() {
     let v = wait_caught_up(&primary, &["dr"], &[&dr], CATCH_UP).unwrap();
     let r = v.peer("dr").unwrap().last_resync.clone().expect("resynced");
     eprintln!("resync {r:?}");
-    primary.stop().unwrap();
-    dr.stop().unwrap();
-    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+    stop_and_compare(&site, &mut primary, &mut dr);
 }
 
 /// An unclean primary restart that lost what its journal had not synced,
@@ -457,34 +475,17 @@ fn sync_peer_ahead_of_a_primary_restarted_from_older_files_is_rolled_back() {
     require_tool("qemu-io");
     let site = Site::temp().unwrap();
     let mut dr = start_dr(&site);
-    let mut v = with_peer(
-        site.primary_volume("primary", SIZE),
-        "dr",
-        PeerMode::Sync,
-        TCP,
-        dr.tcp.expect("dr listens on TCP"),
-    );
-    v.checkpoint_interval = Duration::from_secs(3600);
-    let mut primary = start(&site, "primary", v);
+    let mut primary = primary_with(&site, &dr, PeerMode::Sync, |v| {
+        v.checkpoint_interval = Duration::from_secs(3600);
+    });
     qemu_write(&primary, &[0, 4 * MIB, 30 * MIB], MIB);
     wait_caught_up(&primary, &["dr"], &[&dr], CATCH_UP).unwrap();
     let at_copy = primary.volume().unwrap().written_lsn;
     let journal = primary.config.volumes[0].journal_dir();
     let saved = site.path("saved");
     std::fs::create_dir(&saved).unwrap();
-    for (from, to) in [
-        (site.volume("primary"), saved.join("primary.img")),
-        (journal.clone(), saved.join("journal")),
-    ] {
-        run_ok(
-            Command::new("cp")
-                .args(["-a", "--sparse=always"])
-                .arg(&from)
-                .arg(&to),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    }
+    copy_as_is(&site.volume("primary"), &saved.join("primary.img"));
+    copy_as_is(&journal, &saved.join("journal"));
     // Later writes: the sync peer holds them, the copy does not.
     qemu_write(&primary, &[4 * MIB + 8192, 50 * MIB, 51 * MIB], 256 * 1024);
     wait_caught_up(&primary, &["dr"], &[&dr], CATCH_UP).unwrap();
@@ -492,19 +493,8 @@ fn sync_peer_ahead_of_a_primary_restarted_from_older_files_is_rolled_back() {
     assert!(peer_had > at_copy);
     primary.kill9();
     std::fs::remove_dir_all(&journal).unwrap();
-    for (from, to) in [
-        (saved.join("primary.img"), site.volume("primary")),
-        (saved.join("journal"), journal.clone()),
-    ] {
-        run_ok(
-            Command::new("cp")
-                .args(["-a", "--sparse=always"])
-                .arg(&from)
-                .arg(&to),
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    }
+    copy_as_is(&saved.join("primary.img"), &site.volume("primary"));
+    copy_as_is(&saved.join("journal"), &journal);
     primary.restart().unwrap();
     let v = wait_caught_up(&primary, &["dr"], &[&dr], CATCH_UP).unwrap();
     let r = v
@@ -524,7 +514,5 @@ fn sync_peer_ahead_of_a_primary_restarted_from_older_files_is_rolled_back() {
         "an unclean restart starts a generation: {:?}",
         v.lineage
     );
-    primary.stop().unwrap();
-    dr.stop().unwrap();
-    assert_same_files(&site.volume("primary"), &site.volume("dr"));
+    stop_and_compare(&site, &mut primary, &mut dr);
 }
