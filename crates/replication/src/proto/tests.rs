@@ -325,6 +325,80 @@ fn resync_operations_only_inside_a_resync_and_nothing_after_end() {
     assert!(s.handle(ops(vec![op(5, SyncOpKind::Zero)])).is_err());
 }
 
+/// A secondary's answers that name ranges or operations the primary never
+/// asked about end the session with a named reason.
+#[test]
+fn hostile_resync_answers_end_the_primary_session() {
+    use super::primary::{End, JobKind, JobSpec, PrimarySession, ResyncLimits, SessionConfig};
+    use wire::{Message, Rollback};
+    let now = Instant::now();
+    let cfg = SessionConfig {
+        max_inflight_bytes: 1 << 20,
+        max_batch_bytes: 1 << 20,
+        keepalive: Duration::from_secs(1),
+        timeout: Duration::from_secs(10),
+        volume_bytes: 1 << 20,
+        region_bytes: 65536,
+        resync: ResyncLimits {
+            max_rate_bytes_per_sec: 0,
+            min_rate_bytes_per_sec: 0,
+            max_inflight_bytes: 1 << 20,
+        },
+    };
+    let job = |kind| JobSpec {
+        kind,
+        full: true,
+        regions: 16,
+        rollback_from: None,
+        lineage: Vec::new(),
+    };
+    let failed = |r: Result<(), End>| match r {
+        Err(End::Failed(why)) => why,
+        other => panic!("expected the session to fail, got {other:?}"),
+    };
+    // No job: nothing of a resync or verify is expected.
+    let mut idle = PrimarySession::new(cfg.clone(), 0, now);
+    let need = Message::SyncNeed {
+        offset: 0,
+        len: 4096,
+    };
+    assert!(failed(idle.handle(need, now)).contains("outside a resync"));
+    assert!(failed(idle.handle(Message::SyncAck { seq: 1 }, now)).contains("no resync"));
+    // A resync: ranges outside the volume, acks of operations never sent.
+    let mut s = PrimarySession::new(cfg.clone(), 0, now);
+    let id = s
+        .start_job(job(JobKind::Resync { compare: true }), now)
+        .unwrap();
+    s.handle(
+        Message::ResyncBeginAck {
+            job: id,
+            rollback: Rollback::None,
+        },
+        now,
+    )
+    .unwrap();
+    for (offset, len) in [(1 << 20, 1), (0, 0), (u64::MAX, 2), ((1 << 20) - 10, 11)] {
+        let mut t = PrimarySession::new(cfg.clone(), 0, now);
+        t.start_job(job(JobKind::Resync { compare: true }), now)
+            .unwrap();
+        let why = failed(t.handle(Message::SyncNeed { offset, len }, now));
+        assert!(why.contains("outside the volume"), "{why}");
+    }
+    assert!(failed(s.handle(Message::SyncAck { seq: 99 }, now)).contains("never sent"));
+    // A verify: a mismatch for an operation that was no such check.
+    let mut v = PrimarySession::new(cfg, 0, now);
+    v.start_job(job(JobKind::Verify), now).unwrap();
+    let why = failed(v.handle(
+        Message::VerifyMismatch {
+            seq: 3,
+            offset: 0,
+            len: 65536,
+        },
+        now,
+    ));
+    assert!(why.contains("not such a check"), "{why}");
+}
+
 #[test]
 fn suspend_waits_until_the_timeout_then_degrades() {
     let t0 = Instant::now();
