@@ -887,6 +887,25 @@ impl Reader {
         let s = self.take(n, field)?;
         String::from_utf8(s.to_vec()).map_err(|_| malformed(field, "not UTF-8"))
     }
+    /// A batch's `u32` count, checked against `max_records_per_batch` and
+    /// against the bytes present (each item needs `item_bytes`) before it
+    /// sizes any allocation.
+    fn list_count(
+        &mut self,
+        field: &'static str,
+        limits: &Limits,
+        item_bytes: usize,
+    ) -> Result<usize, WireError> {
+        let count = self.u32(field)?;
+        if count > limits.max_records_per_batch {
+            return Err(malformed(field, "more items than max_records_per_batch"));
+        }
+        if (self.remaining() as u64) < u64::from(count) * item_bytes as u64 {
+            return Err(malformed(field, "payload too short for this many items"));
+        }
+        Ok(count as usize)
+    }
+
     fn end(&self) -> Result<(), WireError> {
         if self.remaining() != 0 {
             return Err(malformed("payload", "trailing bytes after message"));
@@ -1012,21 +1031,8 @@ pub(crate) fn decode_payload(
         },
         MessageType::Records => {
             let first_lsn = r.u64("records.first_lsn")?;
-            let count = r.u32("records.count")?;
-            if count > limits.max_records_per_batch {
-                return Err(malformed(
-                    "records.count",
-                    "more records than max_records_per_batch",
-                ));
-            }
-            // Never trust the count for allocation: each record needs its fixed header.
-            if (r.remaining() as u64) < u64::from(count) * RECORD_HEADER_BYTES as u64 {
-                return Err(malformed(
-                    "records.count",
-                    "payload too short for this many records",
-                ));
-            }
-            let mut records = Vec::with_capacity(count as usize);
+            let count = r.list_count("records.count", limits, RECORD_HEADER_BYTES)?;
+            let mut records = Vec::with_capacity(count);
             for _ in 0..count {
                 records.push(decode_record(&mut r)?);
             }
@@ -1102,20 +1108,8 @@ pub(crate) fn decode_payload(
             Message::ResyncBeginAck { job, rollback }
         }
         MessageType::SyncOps => {
-            let count = r.u32("sync_ops.count")?;
-            if count > limits.max_records_per_batch {
-                return Err(malformed(
-                    "sync_ops.count",
-                    "more operations than max_records_per_batch",
-                ));
-            }
-            if (r.remaining() as u64) < u64::from(count) * SYNC_OP_HEADER_BYTES as u64 {
-                return Err(malformed(
-                    "sync_ops.count",
-                    "payload too short for this many operations",
-                ));
-            }
-            let mut ops = Vec::with_capacity(count as usize);
+            let count = r.list_count("sync_ops.count", limits, SYNC_OP_HEADER_BYTES)?;
+            let mut ops = Vec::with_capacity(count);
             for _ in 0..count {
                 ops.push(decode_sync_op(&mut r)?);
             }

@@ -5,8 +5,6 @@
 //! stream order. Nothing is applied out of order: records, resync and
 //! verify operations go through one queue.
 
-use std::collections::VecDeque;
-
 use journal::Lsn;
 use wire::{LineageEntry, Message, SyncOp, SyncOpKind, WireRecord};
 
@@ -239,24 +237,22 @@ impl SecondarySession {
 }
 
 /// Per-session acknowledgement of operations: the highest applied, and
-/// which of them are durable (after a checkpoint).
+/// the highest acknowledged as durable (after a checkpoint).
 #[derive(Debug, Default)]
 pub struct OpAcks {
-    applied: VecDeque<u64>,
+    applied: Option<u64>,
     acked: u64,
 }
 
 impl OpAcks {
     pub fn applied(&mut self, seq: u64) {
-        self.applied.push_back(seq);
+        self.applied = Some(seq);
     }
 
     /// A checkpoint made everything applied so far durable: the `SyncAck`
     /// to send, if any is new.
     pub fn made_durable(&mut self) -> Option<Message> {
-        let last = self.applied.back().copied();
-        self.applied.clear();
-        let last = last?;
+        let last = self.applied.take()?;
         (last > self.acked).then(|| {
             self.acked = last;
             Message::SyncAck { seq: last }
@@ -264,6 +260,6 @@ impl OpAcks {
     }
 
     pub fn pending(&self) -> bool {
-        !self.applied.is_empty()
+        self.applied.is_some()
     }
 }
