@@ -37,13 +37,19 @@ pub enum Command {
     /// Resync a peer of a volume (run on its primary): what it is owed, or
     /// with --full every region, compared (this also overwrites a peer whose
     /// history is unrelated — only when that copy is to be replaced).
+    ///
+    /// With --discard-local (run on the victim of a split brain): give this
+    /// node's changes since the fork up; it becomes the other primary's
+    /// resync target and only the regions changed on either side move.
     Resync {
         /// The volume's name in the node configuration.
         volume: String,
-        #[arg(long)]
-        peer: String,
-        #[arg(long)]
+        #[arg(long, required_unless_present = "discard_local")]
+        peer: Option<String>,
+        #[arg(long, conflicts_with = "discard_local")]
         full: bool,
+        #[arg(long, conflicts_with_all = ["peer", "wait"])]
+        discard_local: bool,
         /// Follow the resync until the peer is up to date.
         #[arg(long)]
         wait: bool,
@@ -65,6 +71,28 @@ pub enum Command {
         /// Print the reports as JSON (no progress).
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Make this node the volume's primary: refused while another primary
+    /// is connected, while this copy is inconsistent or has no history, or
+    /// (a primary fenced after an unclean stop) before every peer confirmed
+    /// it holds no newer history. A new generation begins; writes are
+    /// accepted. See docs/failover.md.
+    Promote {
+        volume: String,
+        /// Promote anyway. What it risks is printed: a second primary (split
+        /// brain), or a copy that is no state the volume ever had.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Make this primary a secondary: NBD writes are answered EPERM from
+    /// now, in-flight ones finish, a last FLUSH, peers get a bounded wait to
+    /// catch up; the node then serves whoever is promoted next.
+    Demote {
+        volume: String,
         #[command(flatten)]
         control: ControlArgs,
     },

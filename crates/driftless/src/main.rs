@@ -17,13 +17,33 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         cli::Command::Resync {
             volume,
+            discard_local: true,
+            control,
+            ..
+        } => control
+            .socket()
+            .and_then(|s| role_command(&s, &control::Request::DiscardLocal { volume })),
+        cli::Command::Resync {
+            volume,
             peer,
             full,
             wait,
             control,
+            ..
+        } => control.socket().and_then(|s| {
+            let peer = peer.expect("clap requires --peer without --discard-local");
+            ops::resync(&s, &volume, &peer, full, wait)
+        }),
+        cli::Command::Promote {
+            volume,
+            force,
+            control,
         } => control
             .socket()
-            .and_then(|s| ops::resync(&s, &volume, &peer, full, wait)),
+            .and_then(|s| role_command(&s, &control::Request::Promote { volume, force })),
+        cli::Command::Demote { volume, control } => control
+            .socket()
+            .and_then(|s| role_command(&s, &control::Request::Demote { volume })),
         cli::Command::Verify {
             volume,
             peer,
@@ -54,6 +74,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A role change: the daemon's answer on stdout, or its refusal as the error.
+fn role_command(socket: &std::path::Path, request: &control::Request) -> anyhow::Result<()> {
+    println!("{}", control::command(socket, request)?);
+    Ok(())
 }
 
 fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {

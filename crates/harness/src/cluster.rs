@@ -174,6 +174,75 @@ impl Site {
     }
 }
 
+/// One node of a failover mesh as every other node sees it: where it
+/// listens, and how a primary ships to it.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub name: String,
+    pub mode: PeerMode,
+    pub transport: TransportKind,
+    pub address: SocketAddr,
+}
+
+impl Member {
+    /// A member on a loopback port free now (fixed, so that every node's
+    /// config can name it before it starts).
+    pub fn new(name: &str, mode: PeerMode, transport: TransportKind) -> Result<Member> {
+        Ok(Member {
+            name: name.into(),
+            mode,
+            transport,
+            address: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        })
+    }
+}
+
+/// A loopback port that is free for both TCP and UDP at this moment.
+pub fn free_port() -> Result<u16> {
+    for _ in 0..64 {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")
+            .map_err(|e| HarnessError::io("finding a free port", e))?;
+        let port = tcp
+            .local_addr()
+            .map_err(|e| HarnessError::io("finding a free port", e))?
+            .port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(HarnessError::Check(
+        "no loopback port free for TCP and UDP".into(),
+    ))
+}
+
+impl Site {
+    /// `me`'s volume in a mesh where any node may be promoted: its NBD
+    /// export, its listener at its member address, and every other member
+    /// as a peer. `role` is only where a new volume starts.
+    pub fn mesh_volume(
+        &self,
+        me: &Member,
+        members: &[Member],
+        size_bytes: u64,
+        role: VolumeRole,
+    ) -> VolumeSection {
+        let mut v = self.volume_section(&me.name, size_bytes, role);
+        v.nbd = Some(NbdSection {
+            unix: Some(self.nbd_socket(&me.name)),
+            listen: None,
+            export: None,
+        });
+        match me.transport {
+            TransportKind::Tcp => v.listen_tcp = Some(me.address),
+            TransportKind::Quic => v.listen_quic = Some(me.address),
+        }
+        for m in members.iter().filter(|m| m.name != me.name) {
+            v = with_peer(v, &m.name, m.mode, m.transport, m.address);
+        }
+        v
+    }
+}
+
 /// Adds a peer to a primary's volume.
 pub fn with_peer(
     mut v: VolumeSection,

@@ -120,6 +120,9 @@ pub struct VolumeSection {
     pub path: PathBuf,
     #[serde(deserialize_with = "bytes")]
     pub size: u64,
+    /// The role a new volume starts with on this node. Afterwards the role
+    /// persisted beside the journal (`role.json`) decides: promote and
+    /// demote change it, a restart keeps it.
     pub role: VolumeRole,
     #[serde(default = "default_engine")]
     pub io_engine: String,
@@ -174,12 +177,15 @@ pub struct VolumeSection {
     /// Primary: resync bytes sent and not yet durable on the peer.
     #[serde(deserialize_with = "bytes", default = "default_resync_inflight")]
     pub resync_max_inflight: u64,
-    /// Secondary: where the primary connects (TCP+TLS and/or QUIC).
+    /// Where a primary connects while this node is a secondary (TCP+TLS
+    /// and/or QUIC). On a primary: what it serves once demoted, and where a
+    /// second primary is noticed (split brain).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_tcp: Option<SocketAddr>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen_quic: Option<SocketAddr>,
-    /// Primary: the NBD export.
+    /// The NBD export: a primary takes writes there; a secondary answers
+    /// writes with EPERM and serves reads (and takes writes once promoted).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nbd: Option<NbdSection>,
     #[serde(rename = "peer", default)]
@@ -431,29 +437,21 @@ impl NodeConfig {
             if v.resync_max_inflight < v.region_size {
                 bail!("{at}.resync_max_inflight must hold at least one region");
             }
+            // Either role may hold the other's keys: they are used once the
+            // node is promoted (nbd, peers) or demoted (listen_*).
+            if let Some(nbd) = &v.nbd {
+                if nbd.unix.is_none() && nbd.listen.is_none() {
+                    bail!("{at}.nbd: set unix and/or listen");
+                }
+            }
             match v.role {
-                VolumeRole::Primary => {
-                    if v.listen_tcp.is_some() || v.listen_quic.is_some() {
-                        bail!("{at}: listen_tcp/listen_quic are for secondaries; a primary dials its peers");
-                    }
-                    let Some(nbd) = &v.nbd else {
-                        bail!("{at}: a primary needs [volume.nbd] with unix and/or listen");
-                    };
-                    if nbd.unix.is_none() && nbd.listen.is_none() {
-                        bail!("{at}.nbd: set unix and/or listen");
-                    }
+                VolumeRole::Primary if v.nbd.is_none() => {
+                    bail!("{at}: a primary needs [volume.nbd] with unix and/or listen");
                 }
-                VolumeRole::Secondary => {
-                    if v.listen_tcp.is_none() && v.listen_quic.is_none() {
-                        bail!("{at}: a secondary needs listen_tcp and/or listen_quic");
-                    }
-                    if v.nbd.is_some() {
-                        bail!("{at}: a secondary serves no NBD export (it refuses writes); remove [volume.nbd]");
-                    }
-                    if !v.peers.is_empty() {
-                        bail!("{at}: a secondary has no [[volume.peer]]; the primary dials it");
-                    }
+                VolumeRole::Secondary if v.listen_tcp.is_none() && v.listen_quic.is_none() => {
+                    bail!("{at}: a secondary needs listen_tcp and/or listen_quic");
                 }
+                _ => {}
             }
             let mut peers = std::collections::BTreeSet::new();
             for (j, p) in v.peers.iter().enumerate() {

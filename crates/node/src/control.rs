@@ -20,6 +20,8 @@ const MAX_REQUEST_BYTES: usize = 4096;
 /// Control clients served at once.
 const MAX_CONTROL_CONNECTIONS: usize = 16;
 const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the CLI waits for a command's answer.
+const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "lowercase")]
@@ -38,6 +40,28 @@ pub enum Request {
         peer: String,
         repair: bool,
     },
+    /// Make this node the volume's primary (`force`: despite an
+    /// inconsistent copy, a connected primary, or a fence).
+    Promote {
+        volume: String,
+        force: bool,
+    },
+    /// Make this node a secondary of whoever is promoted next.
+    Demote {
+        volume: String,
+    },
+    /// Give this node's changes since the fork up (split brain victim).
+    DiscardLocal {
+        volume: String,
+    },
+}
+
+/// A request that changes a volume's role on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeCommand {
+    Promote { force: bool },
+    Demote,
+    DiscardLocal,
 }
 
 /// A request that acts on one peer of one volume.
@@ -85,6 +109,8 @@ pub trait Control: Send + Sync + 'static {
         peer: &'a str,
         command: PeerCommand,
     ) -> CommandFuture<'a>;
+    /// Runs a role change of `volume`: what was done, or why not.
+    fn volume_command<'a>(&'a self, volume: &'a str, command: VolumeCommand) -> CommandFuture<'a>;
 }
 
 /// Binds the control socket with mode 0600 (only the daemon's user may
@@ -114,11 +140,8 @@ pub async fn serve(listener: UnixListener, source: Arc<dyn Control>) {
         };
         let source = source.clone();
         tokio::spawn(async move {
-            // A client that sends nothing must not hold its slot forever.
-            match tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, answer(stream, source)).await {
-                Ok(Err(err)) => tracing::debug!(error = %err, "control request failed"),
-                Err(_) => tracing::debug!("control request timed out"),
-                Ok(Ok(())) => {}
+            if let Err(err) = answer(stream, source).await {
+                tracing::debug!(error = %err, "control request failed");
             }
             drop(slot);
         });
@@ -129,7 +152,11 @@ async fn answer(stream: UnixStream, source: Arc<dyn Control>) -> std::io::Result
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
-    reader.read_line(&mut line).await?;
+    // A client that sends nothing must not hold its slot forever; a command
+    // itself is bounded by its own limits.
+    tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, reader.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::other("no request within the timeout"))??;
     let done = |r: Result<String, String>| match r {
         Ok(message) => Response::Done { message },
         Err(message) => Response::Error { message },
@@ -148,6 +175,19 @@ async fn answer(stream: UnixStream, source: Arc<dyn Control>) -> std::io::Result
         }) => done(
             source
                 .peer_command(&volume, &peer, PeerCommand::Verify { repair })
+                .await,
+        ),
+        Ok(Request::Promote { volume, force }) => done(
+            source
+                .volume_command(&volume, VolumeCommand::Promote { force })
+                .await,
+        ),
+        Ok(Request::Demote { volume }) => {
+            done(source.volume_command(&volume, VolumeCommand::Demote).await)
+        }
+        Ok(Request::DiscardLocal { volume }) => done(
+            source
+                .volume_command(&volume, VolumeCommand::DiscardLocal)
                 .await,
         ),
         Err(err) => Response::Error {
@@ -191,8 +231,13 @@ fn exchange(path: &Path, request: &Request) -> Result<Response, NodeError> {
     };
     let mut stream = std::os::unix::net::UnixStream::connect(path)
         .map_err(|e| err(format!("cannot connect ({e}); is the daemon running?")))?;
+    // A role change may wait for flushes and peers (bounded daemon-side).
+    let timeout = match request {
+        Request::Status => CONTROL_REQUEST_TIMEOUT,
+        _ => COMMAND_TIMEOUT,
+    };
     let line = (|| -> std::io::Result<String> {
-        stream.set_read_timeout(Some(CONTROL_REQUEST_TIMEOUT))?;
+        stream.set_read_timeout(Some(timeout))?;
         let mut line = serde_json::to_vec(request).map_err(std::io::Error::other)?;
         line.push(b'\n');
         stream.write_all(&line)?;
@@ -231,6 +276,14 @@ mod tests {
             })
         }
 
+        fn volume_command<'a>(
+            &'a self,
+            volume: &'a str,
+            command: VolumeCommand,
+        ) -> CommandFuture<'a> {
+            Box::pin(async move { Err(format!("{command:?} of {volume}: not here")) })
+        }
+
         fn node_status(&self) -> NodeStatus {
             NodeStatus {
                 node: "alpha".into(),
@@ -254,6 +307,10 @@ mod tests {
                         peers: Vec::new(),
                         upstream: None,
                         last_error: None,
+                        fenced: None,
+                        split_brain: None,
+                        discarding_local: false,
+                        configured_role: None,
                     },
                 }],
             }

@@ -1,5 +1,6 @@
-//! `driftless run --config node.toml`: every volume of a node with its role,
-//! NBD export (primaries) and replication sessions, plus the control socket.
+//! `driftless run --config node.toml`: every volume of a node in its role
+//! (`slot.rs`), with its NBD export, its listener for primaries and its
+//! replication sessions, plus the control socket.
 //! SIGTERM/SIGINT: NBD exports finish in-flight requests, primaries drain
 //! their peers, every store checkpoints, exit 0.
 
@@ -10,15 +11,15 @@ use replication::{
     PeerConfig, Primary, PrimaryConfig, ResyncLimits, Secondary, SecondaryConfig,
     SyncPeerLossPolicy, VolumeRole,
 };
-use store::Store;
 use tokio::sync::watch;
 use transport::TlsIdentity;
 
 use crate::config::{LossPolicy, NodeConfig, VolumeSection};
-use crate::control::{CommandFuture, Control, NamedStatus, NodeStatus, PeerCommand};
+use crate::control::{CommandFuture, Control, NamedStatus, NodeStatus, PeerCommand, VolumeCommand};
 use crate::error::NodeError;
 use crate::nbd::{bind_export, shutdown_signal, SocketGuard};
 use crate::open::{open_store, open_volume, StoreSpec};
+use crate::slot::{PrimaryStarter, Slot};
 use crate::targets::JournaledTarget;
 
 pub fn run(config_path: &std::path::Path) -> Result<(), NodeError> {
@@ -43,23 +44,18 @@ pub fn run(config_path: &std::path::Path) -> Result<(), NodeError> {
     result
 }
 
-enum Running {
-    Primary(Arc<Primary>),
-    Secondary(Arc<Secondary>),
-}
-
-impl Running {
-    fn store(&self) -> &Arc<Store> {
-        match self {
-            Running::Primary(p) => p.store(),
-            Running::Secondary(s) => s.store(),
-        }
-    }
-}
-
 struct Node {
     name: String,
-    volumes: Vec<(String, Running)>,
+    volumes: Vec<Arc<Slot>>,
+}
+
+impl Node {
+    fn slot(&self, volume: &str) -> Result<&Arc<Slot>, String> {
+        self.volumes
+            .iter()
+            .find(|s| s.name == volume)
+            .ok_or_else(|| format!("no volume {volume:?} on node {}", self.name))
+    }
 }
 
 impl Control for Node {
@@ -70,13 +66,7 @@ impl Control for Node {
         command: PeerCommand,
     ) -> CommandFuture<'a> {
         Box::pin(async move {
-            let running = self
-                .volumes
-                .iter()
-                .find(|(name, _)| name == volume)
-                .map(|(_, r)| r)
-                .ok_or_else(|| format!("no volume {volume:?} on node {}", self.name))?;
-            let Running::Primary(p) = running else {
+            let Some(p) = self.slot(volume)?.primary().await else {
                 return Err(format!(
                     "volume {volume} is a secondary on node {}: run this on its primary",
                     self.name
@@ -90,18 +80,33 @@ impl Control for Node {
         })
     }
 
+    fn volume_command<'a>(&'a self, volume: &'a str, command: VolumeCommand) -> CommandFuture<'a> {
+        Box::pin(async move {
+            let slot = self.slot(volume)?.clone();
+            // On its own task: a client that goes away must not cut a role
+            // change in half.
+            let task = tokio::spawn(async move {
+                match command {
+                    VolumeCommand::Promote { force } => slot.promote(force).await,
+                    VolumeCommand::Demote => slot.demote("demoted by an operator").await,
+                    VolumeCommand::DiscardLocal => slot.discard_local().await,
+                }
+            });
+            task.await.map_err(|e| format!("role change failed: {e}"))?
+        })
+    }
+
     fn node_status(&self) -> NodeStatus {
         NodeStatus {
             node: self.name.clone(),
             volumes: self
                 .volumes
                 .iter()
-                .map(|(name, running)| NamedStatus {
-                    name: name.clone(),
-                    status: match running {
-                        Running::Primary(p) => p.status(),
-                        Running::Secondary(s) => s.status(),
-                    },
+                .filter_map(|slot| {
+                    slot.status().map(|status| NamedStatus {
+                        name: slot.name.clone(),
+                        status,
+                    })
                 })
                 .collect(),
         }
@@ -130,76 +135,88 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
     for v in &config.volumes {
         let spec = store_spec(v)?;
         let (store, report) = open_store(&spec, open_volume(&spec, false)?).await?;
-        let engine_err = |cause| NodeError::Engine {
-            volume: v.name.clone(),
-            cause,
+        let starter: PrimaryStarter = {
+            let cfg = primary_config(&config.node.name, v, &tls, &quic);
+            let (repl, name) = (repl.clone(), v.name.clone());
+            Box::new(move |store, report, mode| {
+                let (cfg, repl, name) = (cfg.clone(), repl.clone(), name.clone());
+                // Peer tasks run on the replication runtime.
+                Box::pin(async move {
+                    repl.spawn(async move { Primary::start(store, cfg, &report, mode).await })
+                        .await
+                        .map_err(|e| {
+                            NodeError::io("replication runtime", std::io::Error::other(e))
+                        })?
+                        .map_err(|cause| NodeError::Engine {
+                            volume: name,
+                            cause,
+                        })
+                })
+            })
         };
-        match v.role {
-            VolumeRole::Primary => {
-                let primary = repl
-                    .spawn({
-                        let cfg = primary_config(&config.node.name, v, &tls, &quic);
-                        async move { Primary::start(store, cfg, &report).await }
-                    })
-                    .await
-                    .map_err(|e| NodeError::io("replication runtime", std::io::Error::other(e)))?
-                    .map_err(engine_err)?;
-                let target = Arc::new(JournaledTarget::new(primary.clone()));
-                let nbd = v.nbd.as_ref().ok_or_else(|| {
-                    NodeError::Config(format!("volume {}: a primary needs [volume.nbd]", v.name))
+        let slot = Slot::start(v.clone(), store.clone(), report, starter).await?;
+        if v.listen_tcp.is_some() || v.listen_quic.is_some() {
+            let mut cfg = SecondaryConfig::new(config.node.name.clone(), tls.clone());
+            cfg.listen_tcp = v.listen_tcp;
+            cfg.listen_quic = v.listen_quic;
+            cfg.keepalive_interval = v.keepalive_interval;
+            cfg.peer_timeout = v.peer_timeout;
+            cfg.quic = quic.clone();
+            let listener = Secondary::start_arbitrated(store, cfg, Some(slot.arbiter()))
+                .await
+                .map_err(|cause| NodeError::Engine {
+                    volume: v.name.clone(),
+                    cause,
                 })?;
-                let export_name = nbd.export.clone().unwrap_or_else(|| v.name.clone());
-                let server = Server::new(
-                    vec![Export {
-                        name: export_name.clone(),
-                        description: Some(format!("driftless volume {}", v.name)),
-                        target,
-                        read_only: false,
-                    }],
-                    ServerLimits {
-                        max_payload_bytes: v.max_write,
-                        ..ServerLimits::default()
-                    },
-                )
-                .map_err(NodeError::Nbd)?;
-                let bound = bind_export(&export_name, nbd.unix.as_deref(), nbd.listen).await?;
-                for uri in &bound.uris {
-                    println!("volume {} serving {uri}", v.name);
-                }
-                guards.extend(bound.guards);
-                let listeners = bound.listeners;
-                let mut stop = stop_rx.clone();
-                let name = v.name.clone();
-                exports.push(tokio::spawn(async move {
-                    let shutdown = async move {
-                        let _ = stop.wait_for(|s| *s).await;
-                    };
-                    if let Err(err) = server.run(listeners, shutdown).await {
-                        tracing::error!(volume = %name, error = %err, "NBD server failed");
-                    }
-                }));
-                node.volumes
-                    .push((v.name.clone(), Running::Primary(primary)));
-            }
-            VolumeRole::Secondary => {
-                let mut cfg = SecondaryConfig::new(config.node.name.clone(), tls.clone());
-                cfg.listen_tcp = v.listen_tcp;
-                cfg.listen_quic = v.listen_quic;
-                cfg.keepalive_interval = v.keepalive_interval;
-                cfg.peer_timeout = v.peer_timeout;
-                cfg.quic = quic.clone();
-                let secondary = Secondary::start(store, cfg).await.map_err(engine_err)?;
-                let (tcp, quic_addr) = secondary.local_addrs();
-                println!(
-                    "volume {} secondary listening tcp={} quic={}",
-                    v.name,
-                    tcp.map_or("-".into(), |a| a.to_string()),
-                    quic_addr.map_or("-".into(), |a| a.to_string())
-                );
-                node.volumes
-                    .push((v.name.clone(), Running::Secondary(secondary)));
-            }
+            let (tcp, quic_addr) = listener.local_addrs();
+            println!(
+                "volume {} secondary listening tcp={} quic={}",
+                v.name,
+                tcp.map_or("-".into(), |a| a.to_string()),
+                quic_addr.map_or("-".into(), |a| a.to_string())
+            );
+            slot.set_listener(listener);
+        } else if slot.role().await == VolumeRole::Secondary {
+            return Err(NodeError::Config(format!(
+                "volume {}: this node is a secondary (role.json in {}) but has no listen_tcp/listen_quic to serve a primary",
+                v.name,
+                v.journal_dir().display()
+            )));
         }
+        if let Some(nbd) = &v.nbd {
+            let export_name = nbd.export.clone().unwrap_or_else(|| v.name.clone());
+            let server = Server::new(
+                vec![Export {
+                    name: export_name.clone(),
+                    description: Some(format!("driftless volume {}", v.name)),
+                    target: Arc::new(JournaledTarget::new(slot.clone())),
+                    read_only: false,
+                }],
+                ServerLimits {
+                    max_payload_bytes: v.max_write,
+                    ..ServerLimits::default()
+                },
+            )
+            .map_err(NodeError::Nbd)?;
+            let bound = bind_export(&export_name, nbd.unix.as_deref(), nbd.listen).await?;
+            for uri in &bound.uris {
+                println!("volume {} serving {uri}", v.name);
+            }
+            guards.extend(bound.guards);
+            let listeners = bound.listeners;
+            let mut stop = stop_rx.clone();
+            let name = v.name.clone();
+            exports.push(tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                if let Err(err) = server.run(listeners, shutdown).await {
+                    tracing::error!(volume = %name, error = %err, "NBD server failed");
+                }
+            }));
+        }
+        println!("volume {} role {}", v.name, slot.role().await);
+        node.volumes.push(slot);
     }
 
     let node = Arc::new(node);
@@ -218,19 +235,8 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
     }
     control_task.abort();
     drop(control_guard);
-    for (name, running) in &node.volumes {
-        match running {
-            Running::Primary(p) => p.shutdown().await,
-            Running::Secondary(s) => s.shutdown().await,
-        }
-        // A clean stop: the next start knows nothing can differ from the
-        // journal (no new generation, nothing to compare).
-        match running.store().close().await {
-            Ok(lsn) => {
-                tracing::info!(volume = %name, checkpoint_lsn = lsn, "volume fsynced, journal checkpointed, closed cleanly")
-            }
-            Err(err) => tracing::error!(volume = %name, error = %err, "final checkpoint failed"),
-        }
+    for slot in &node.volumes {
+        slot.shutdown().await;
     }
     drop(guards);
     tracing::info!("stopped");

@@ -11,8 +11,16 @@ mod error;
 pub mod nbd;
 pub mod open;
 pub mod render;
+mod role;
 pub mod serve;
+pub mod slot;
 pub mod targets;
 pub mod units;
 
 pub use error::NodeError;
+
+/// Node state under these locks is replaced whole, never left half
+/// written: a poisoned lock is taken over.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -28,6 +28,33 @@ pub fn render(status: &NodeStatus) -> String {
             s.checkpoint_lsn,
             s.sync_peer_loss_policy.as_deref().unwrap_or("-")
         );
+        if let Some(c) = s.configured_role.filter(|c| *c != s.role) {
+            let _ = writeln!(
+                out,
+                "  role {} is this node's persisted role (the config's {c} is only where a new volume starts)",
+                s.role
+            );
+        }
+        if let Some(why) = &s.fenced {
+            let _ = writeln!(out, "  FENCED (NBD writes answered EPERM): {why}");
+        }
+        if let Some(sb) = &s.split_brain {
+            let _ = writeln!(
+                out,
+                "  SPLIT BRAIN with {}: both wrote after the fork at LSN {}; this node changed {} regions since. Nothing moves until `driftless resync {} --discard-local` on the node whose changes are given up",
+                sb.peer,
+                sb.fork_lsn,
+                sb.changed_regions
+                    .map_or("an unknown number of".into(), |n| n.to_string()),
+                v.name
+            );
+        }
+        if s.discarding_local {
+            let _ = writeln!(
+                out,
+                "  discarding this copy's changes since the fork: the next primary to connect rolls them back"
+            );
+        }
         if let Some(u) = &s.upstream {
             let _ = writeln!(
                 out,
@@ -216,6 +243,10 @@ mod tests {
             peers: Vec::new(),
             upstream: None,
             last_error: None,
+            fenced: None,
+            split_brain: None,
+            discarding_local: false,
+            configured_role: None,
         }
     }
 

@@ -185,7 +185,7 @@ impl DataPath for Primary {
     }
 }
 
-fn store_error(err: StoreError) -> TargetError {
+pub(crate) fn store_error(err: StoreError) -> TargetError {
     match err {
         StoreError::Volume(err) => target_error(err),
         // Refused before anything was journaled (the NBD server checks
@@ -200,9 +200,14 @@ fn store_error(err: StoreError) -> TargetError {
     }
 }
 
-fn engine_error(err: EngineError) -> TargetError {
+pub(crate) fn engine_error(err: EngineError) -> TargetError {
     match err {
         EngineError::Store(err) => store_error(err),
+        // A fenced primary (or one stepping down) refuses writes: EPERM.
+        EngineError::Fenced(why) => {
+            tracing::debug!(reason = %why, "write refused");
+            TargetError::ReadOnly
+        }
         other => {
             tracing::warn!(error = %other, "request failed");
             TargetError::Io(std::io::Error::other(other.to_string()))

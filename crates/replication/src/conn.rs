@@ -203,6 +203,8 @@ pub(crate) fn hello(store: &Store, node_id: &str, role: Role, durable_lsn: Lsn) 
         },
         overwrite: false,
         empty: false,
+        discarding: false,
+        fenced: false,
     }
 }
 

@@ -26,6 +26,9 @@ pub enum EngineError {
     /// The peer's task could not do what was asked (why).
     #[error("{0}")]
     Refused(String),
+    /// Writes are refused: this primary is fenced (why, and what it waits for).
+    #[error("writes refused: {0}")]
+    Fenced(String),
     /// The engine is shutting down or shut down; the request was not run.
     #[error("replication engine is shut down")]
     Shutdown,

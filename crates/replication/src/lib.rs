@@ -33,12 +33,14 @@ pub use config::{
 };
 pub use error::{BatchError, EngineError, SessionError};
 pub use journal::Lsn;
-pub use primary::Primary;
-pub use secondary::Secondary;
+pub use primary::{Primary, StartMode};
+pub use secondary::{Admission, Arbiter, Secondary};
 pub use status::{
     ConnectionState, DiskState, GenerationStatus, JobKindStatus, JobStatus, PeerStatus,
-    ResyncReport, SyncGate, UpstreamStatus, VerifyReport, VolumeRole, VolumeStatus,
+    ResyncReport, SplitBrainStatus, SyncGate, UpstreamStatus, VerifyReport, VolumeRole,
+    VolumeStatus,
 };
+pub use wire::{Hello, LineageEntry, RefuseCode};
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

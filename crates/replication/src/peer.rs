@@ -41,6 +41,98 @@ pub(crate) struct Inner {
     pub draining: watch::Sender<bool>,
     /// Set after the drain: waiters give up.
     pub closed: AtomicBool,
+    /// Writes are refused until every peer confirmed that it holds no
+    /// newer history than this node's (after an unclean stop: a peer may
+    /// have been promoted meanwhile).
+    pub fence: watch::Sender<Option<Fence>>,
+    /// Serializes lifting the fence (it starts a generation first).
+    pub unfencing: tokio::sync::Mutex<()>,
+}
+
+/// A new generation id: random, never 0.
+pub(crate) fn random_generation() -> u64 {
+    loop {
+        let id = uuid::Uuid::new_v4().as_u64_pair().0;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// Why writes are refused, and what each peer said so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fence {
+    pub reason: String,
+    /// Peers whose history is this node's or older.
+    pub confirmed: std::collections::BTreeSet<String>,
+    /// Peers that hold a newer history, with what they said.
+    pub newer: std::collections::BTreeMap<String, String>,
+}
+
+impl Inner {
+    /// The fence, in words, or `None` when writes are accepted.
+    pub fn fence_text(&self) -> Option<String> {
+        let fence = self.fence.borrow();
+        let f = fence.as_ref()?;
+        let waiting: Vec<&str> = self
+            .peers
+            .iter()
+            .map(|p| p.cfg.name.as_str())
+            .filter(|n| !f.confirmed.contains(*n) && !f.newer.contains_key(*n))
+            .collect();
+        let mut text = f.reason.clone();
+        if !f.newer.is_empty() {
+            let newer: Vec<String> = f.newer.iter().map(|(n, w)| format!("{n}: {w}")).collect();
+            text += &format!("; NEWER HISTORY on {}", newer.join("; "));
+        }
+        if !waiting.is_empty() {
+            text += &format!("; not reached yet: {}", waiting.join(", "));
+        }
+        Some(text)
+    }
+
+    /// A peer's handshake showed its history is not newer than ours; the
+    /// last one lifts the fence.
+    async fn confirm(&self, peer: &str) {
+        let all = {
+            let mut all = false;
+            self.fence.send_if_modified(|f| match f {
+                Some(f) => {
+                    let added = f.confirmed.insert(peer.to_owned());
+                    all = self.peers.iter().all(|p| f.confirmed.contains(&p.cfg.name));
+                    added
+                }
+                None => false,
+            });
+            all
+        };
+        if all {
+            if let Err(e) = self
+                .unfence("every peer confirmed it holds no newer history")
+                .await
+            {
+                tracing::error!(error = %e, "lifting the fence failed; writes stay refused");
+            }
+        }
+    }
+
+    /// Starts the generation an unclean stop calls for and accepts writes.
+    pub async fn unfence(&self, why: &str) -> Result<(), crate::EngineError> {
+        let _one = self.unfencing.lock().await;
+        if self.fence.borrow().is_none() {
+            return Ok(());
+        }
+        let id = random_generation();
+        let at = self.store.journal().start_generation(id, false).await?;
+        self.fence.send_replace(None);
+        tracing::warn!(
+            generation = format_args!("{id:#x}"),
+            start_lsn = at,
+            reason = why,
+            "fence lifted: writes accepted, a new generation begins"
+        );
+        Ok(())
+    }
 }
 
 const THROUGHPUT_WINDOW: Duration = Duration::from_secs(5);
@@ -138,6 +230,8 @@ enum SessionEnd {
     Shutdown,
     Failed(String),
     Refused(String, DiskState),
+    /// Fenced: the handshake only confirmed the peer's history.
+    Probed,
 }
 
 pub(crate) async fn run(
@@ -193,11 +287,29 @@ pub(crate) async fn run(
                     v.disk = *disk;
                     v.last_error = Some(why.clone());
                 }
+                SessionEnd::Probed => {
+                    v.connection = ConnectionState::Disconnected;
+                    v.last_error = Some(
+                        "this primary is fenced: the handshake only confirmed the peer's history"
+                            .into(),
+                    );
+                }
             }
         });
         inner.changed.notify_waiters();
-        if matches!(end, SessionEnd::Shutdown) {
-            break;
+        match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Probed => {
+                // Streams once the fence is lifted, with the new generation.
+                let mut fence = inner.fence.subscribe();
+                tokio::select! {
+                    _ = fence.wait_for(|f| f.is_none()) => {}
+                    _ = tokio::time::sleep(inner.cfg.reconnect_max) => {}
+                    _ = draining.wait_for(|d| *d) => return,
+                }
+                continue;
+            }
+            _ => {}
         }
         if started.elapsed() >= STABLE_SESSION {
             backoff = inner.cfg.reconnect_min;
@@ -328,6 +440,7 @@ async fn session(
         journal.durable_lsn(),
     );
     hello.overwrite = pending.overwrite;
+    hello.fenced = inner.fence.borrow().is_some();
     if let Err(e) = c.writer.send(&Message::Hello(hello.clone())).await {
         return SessionEnd::Failed(format!("sending Hello: {}", describe(&e)));
     }
@@ -344,6 +457,15 @@ async fn session(
             } else {
                 DiskState::Unknown
             };
+            if code == RefuseCode::LineageDiverged {
+                inner.fence.send_if_modified(|f| match f {
+                    Some(f) => {
+                        f.newer.insert(cfg.name.clone(), text.clone());
+                        true
+                    }
+                    None => false,
+                });
+            }
             return SessionEnd::Refused(format!("by peer ({code:?}): {text}"), disk);
         }
         Ok(Ok(other)) => {
@@ -369,6 +491,29 @@ async fn session(
         force_resync: pending.resync,
     };
     let verdict = primary_verdict(&facts, &remote);
+    if inner.fence.borrow().is_some() {
+        if let PrimaryVerdict::Refuse { code, reason, .. } = &verdict {
+            if *code == RefuseCode::LineageDiverged {
+                inner.fence.send_modify(|f| {
+                    if let Some(f) = f {
+                        f.newer.insert(cfg.name.clone(), reason.clone());
+                    }
+                });
+            }
+        } else {
+            // Nothing is streamed under the old generation: the session
+            // after the fence carries the new one.
+            bye(
+                &mut c.writer,
+                ByeCode::Shutdown,
+                "fenced primary: history confirmed, streaming after the fence",
+            )
+            .await;
+            c.guard.linger(LINGER).await;
+            inner.confirm(&cfg.name).await;
+            return SessionEnd::Probed;
+        }
+    }
     *pending = Pending::default();
     let now = Instant::now();
     let scfg = SessionConfig {

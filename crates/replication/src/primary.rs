@@ -23,11 +23,13 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::config::{PeerMode, PrimaryConfig};
+use crate::conn;
 use crate::error::EngineError;
 use crate::lock;
-use crate::peer::{self, Command, Inner, Peer};
+use crate::peer::{self, random_generation, Command, Fence, Inner, Peer};
 use crate::proto::gate::{decide, Decision, Need, SyncState};
 use crate::proto::lag::LagTracker;
+use crate::proto::verdict::{primary_meeting, Meeting};
 use crate::status::{volume_status, DiskState, PeerStatus, SyncGate, VolumeRole, VolumeStatus};
 
 /// Unacknowledged writes tracked for lag; beyond it lag is estimated.
@@ -39,13 +41,19 @@ pub struct Primary {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn random_generation() -> u64 {
-    loop {
-        let id = uuid::Uuid::new_v4().as_u64_pair().0;
-        if id != 0 {
-            return id;
-        }
-    }
+/// How a primary begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    /// Continues the volume's history (a new generation after an unclean
+    /// stop, the first one on a new journal).
+    Continue,
+    /// An operator promoted this node: a new generation begins (a forced
+    /// promotion of an inconsistent copy also marks it consistent).
+    Promote,
+    /// After an unclean stop: writes are refused until every peer
+    /// confirmed that it holds no newer history (or an operator forces
+    /// it); then the new generation begins.
+    Fenced,
 }
 
 impl Primary {
@@ -56,6 +64,7 @@ impl Primary {
         store: Arc<Store>,
         cfg: PrimaryConfig,
         recovery: &RecoveryReport,
+        mode: StartMode,
     ) -> Result<Arc<Primary>, EngineError> {
         cfg.validate()?;
         let journal = store.journal();
@@ -68,7 +77,24 @@ impl Primary {
             consumer.set_sync_delay(p.max_ship_delay);
             consumers.push(consumer);
         }
-        if journal.lineage().is_empty() {
+        let mut fence = None;
+        if mode == StartMode::Promote {
+            // A forced promotion of an inconsistent copy: what it holds is
+            // no state of the history, so the generation says so and every
+            // peer of an older history is compared in full.
+            let unknown_before = journal.is_inconsistent();
+            if unknown_before {
+                journal.set_inconsistent(false).await?;
+                tracing::error!("FORCED promotion of an INCONSISTENT copy: it is now the volume's history, whatever it holds; every peer is compared in full");
+            }
+            let id = random_generation();
+            let at = journal.start_generation(id, unknown_before).await?;
+            tracing::warn!(
+                generation = format_args!("{id:#x}"),
+                start_lsn = at,
+                "promoted: a new generation begins"
+            );
+        } else if journal.lineage().is_empty() {
             let unknown_before = store.holds_data().await?;
             let id = random_generation();
             let at = journal.start_generation(id, unknown_before).await?;
@@ -78,6 +104,15 @@ impl Primary {
                 unknown_before,
                 "first generation of this volume's history"
             );
+        } else if recovery.activity.unclean && mode == StartMode::Fenced {
+            tracing::warn!(
+                "unclean stop: writes are refused until every peer confirms it holds no newer history (or `driftless promote --force`)"
+            );
+            fence = Some(Fence {
+                reason: "fenced after an unclean stop until every peer confirms it holds no newer history (`driftless promote --force` when alone)".into(),
+                confirmed: Default::default(),
+                newer: Default::default(),
+            });
         } else if recovery.activity.unclean {
             // The journal may have lost a tail a sync peer holds, and the
             // volume may hold writes whose records were lost: a new history
@@ -127,8 +162,14 @@ impl Primary {
             changed: Notify::new(),
             draining: watch::Sender::new(false),
             closed: AtomicBool::new(false),
+            fence: watch::Sender::new(fence),
+            unfencing: tokio::sync::Mutex::new(()),
             cfg,
         });
+        if inner.peers.is_empty() {
+            // Alone: no node can hold a newer history of this volume.
+            inner.unfence("no peers are configured").await?;
+        }
         let tasks = consumers
             .into_iter()
             .zip(receivers)
@@ -157,6 +198,11 @@ impl Primary {
         if *self.inner.draining.borrow() {
             return Err(EngineError::Shutdown);
         }
+        if self.inner.fence.borrow().is_some() {
+            return Err(EngineError::Fenced(
+                self.inner.fence_text().unwrap_or_default(),
+            ));
+        }
         let bytes = match &change {
             Change::Write { data, .. } => data.len() as u64,
             _ => 0,
@@ -182,6 +228,71 @@ impl Primary {
         );
         local?;
         remote
+    }
+
+    /// Why writes are refused, while they are (see [`StartMode::Fenced`]).
+    pub fn fenced(&self) -> Option<String> {
+        self.inner.fence_text()
+    }
+
+    /// What to do about another primary whose Hello reached this node.
+    pub fn meet(&self, remote: &wire::Hello) -> Meeting {
+        let j = self.inner.store.journal();
+        let lineage: Vec<wire::LineageEntry> = j
+            .lineage()
+            .into_iter()
+            .map(conn::to_wire_generation)
+            .collect();
+        primary_meeting(&lineage, j.written_lsn(), self.fenced().is_some(), remote)
+    }
+
+    /// Regions this node's records from `lsn` on touched; `None` when the
+    /// journal no longer holds them all.
+    pub async fn changed_regions_since(&self, lsn: Lsn) -> Result<Option<u64>, EngineError> {
+        let j = self.inner.store.journal();
+        let Some(records) = j.records_since(lsn).await? else {
+            return Ok(None);
+        };
+        let mut touched =
+            DirtyBitmap::new(self.inner.store.volume().size_bytes(), j.region_bytes());
+        for r in records.iter().filter(|r| r.length > 0) {
+            touched.mark(r.offset, r.length);
+        }
+        Ok(Some(touched.count()))
+    }
+
+    /// An operator lifts the fence without every peer's confirmation.
+    pub async fn unfence_forced(&self) -> Result<(), EngineError> {
+        self.inner
+            .unfence("FORCED by an operator (promote --force)")
+            .await
+    }
+
+    /// Waits until every connected peer holds everything written so far,
+    /// durably, or `timeout` passes; returns the peers behind (connected
+    /// or not) with their durable LSN.
+    pub async fn wait_peers(&self, timeout: Duration) -> Vec<(String, Lsn)> {
+        let deadline = Instant::now() + timeout;
+        let written = self.inner.store.journal().written_lsn();
+        loop {
+            let mut waiting = false;
+            let behind: Vec<(String, Lsn)> = self
+                .inner
+                .peers
+                .iter()
+                .filter_map(|p| {
+                    let v = p.view.borrow();
+                    (v.durable_lsn < written).then(|| {
+                        waiting |= v.connection == crate::ConnectionState::Connected;
+                        (p.cfg.name.clone(), v.durable_lsn)
+                    })
+                })
+                .collect();
+            if !waiting || Instant::now() >= deadline {
+                return behind;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Asks `peer` for a resync of what it is owed (`full`: every region,
@@ -281,6 +392,7 @@ impl Primary {
         drop(lag);
         let mut st = volume_status(&inner.store, VolumeRole::Primary, DiskState::UpToDate);
         st.sync_peer_loss_policy = Some(inner.cfg.on_sync_peer_loss.to_string());
+        st.fenced = inner.fence_text();
         st.peers = peers;
         st
     }
@@ -300,6 +412,23 @@ impl Primary {
         self.inner.closed.store(true, Ordering::SeqCst);
         self.inner.changed.notify_waiters();
         tracing::info!("primary shut down");
+    }
+}
+
+impl Primary {
+    /// After [`Primary::shutdown`] of a primary that steps down: its peers'
+    /// journal consumers are dropped (the next primary decides what each
+    /// peer needs, by history), so they no longer hold this journal.
+    pub async fn forget_peers(&self) -> Result<(), EngineError> {
+        assert!(
+            self.inner.closed.load(Ordering::SeqCst),
+            "forget_peers after shutdown"
+        );
+        let j = self.inner.store.journal();
+        for p in &self.inner.peers {
+            j.unregister_consumer(&p.cfg.name).await?;
+        }
+        Ok(())
     }
 }
 

@@ -45,6 +45,9 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 
 struct Active {
     node_id: String,
+    /// Its primary's lineage at the handshake: a primary of a newer history
+    /// takes the session over (the old one was demoted or died).
+    lineage: Vec<LineageEntry>,
     address: SocketAddr,
     stop: Arc<tokio::sync::Notify>,
     finished: watch::Receiver<bool>,
@@ -61,9 +64,27 @@ struct Seen {
     streaming: bool,
 }
 
+/// The future an [`Arbiter`] answers with.
+pub type Admission<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<(), (RefuseCode, String)>> + Send + 'a>,
+>;
+
+/// Decides whether this node may serve a primary that connects, by role:
+/// the node that owns the volume's role (a primary refuses, or first steps
+/// down when the caller's history is newer). Called after the identity
+/// check and before the history verdict.
+pub trait Arbiter: Send + Sync + 'static {
+    fn admit<'a>(&'a self, hello: &'a Hello) -> Admission<'a>;
+}
+
 struct Inner {
     store: Arc<Store>,
     cfg: SecondaryConfig,
+    arbiter: Option<Arc<dyn Arbiter>>,
+    /// The operator gave this copy's changes since the fork up (`resync
+    /// --discard-local`); cleared once a resync took the primary's history
+    /// over. In memory only: after a restart the operator asks again.
+    discard_local: std::sync::atomic::AtomicBool,
     active: tokio::sync::Mutex<Option<Active>>,
     /// Shown in status: the last primary seen and the last error.
     seen: Mutex<Seen>,
@@ -82,6 +103,16 @@ impl Secondary {
     pub async fn start(
         store: Arc<Store>,
         cfg: SecondaryConfig,
+    ) -> Result<Arc<Secondary>, EngineError> {
+        Self::start_arbitrated(store, cfg, None).await
+    }
+
+    /// [`Secondary::start`] with an [`Arbiter`] asked before any primary is
+    /// served: the listener of a node whose role can change.
+    pub async fn start_arbitrated(
+        store: Arc<Store>,
+        cfg: SecondaryConfig,
+        arbiter: Option<Arc<dyn Arbiter>>,
     ) -> Result<Arc<Secondary>, EngineError> {
         if cfg.listen_tcp.is_none() && cfg.listen_quic.is_none() {
             return Err(EngineError::Config(
@@ -106,6 +137,8 @@ impl Secondary {
         let inner = Arc::new(Inner {
             store,
             cfg,
+            arbiter,
+            discard_local: Default::default(),
             active: tokio::sync::Mutex::new(None),
             seen: Mutex::new(Seen::default()),
             closing: watch::Sender::new(false),
@@ -157,6 +190,46 @@ impl Secondary {
         st.upstream = seen.upstream.clone();
         st.last_error = seen.last_error.clone();
         st
+    }
+
+    /// The primary whose session runs now, if any.
+    pub fn connected_primary(&self) -> Option<String> {
+        lock(&self.inner.seen)
+            .upstream
+            .as_ref()
+            .filter(|u| u.connected)
+            .map(|u| u.name.clone())
+    }
+
+    /// Gives this copy's changes since its fork with the next primary up:
+    /// a diverged or newer history is rolled back instead of refused.
+    pub fn discard_local_changes(&self) {
+        self.inner
+            .discard_local
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether a `discard_local_changes` still waits for a primary.
+    pub fn discarding(&self) -> bool {
+        self.inner
+            .discard_local
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Ends the running primary session, if any, once everything it
+    /// delivered is applied (the listener stays; the arbiter decides whether
+    /// the next one is served).
+    pub async fn end_session(&self) {
+        let finished = {
+            let active = self.inner.active.lock().await;
+            active.as_ref().map(|a| {
+                a.stop.notify_one();
+                a.finished.clone()
+            })
+        };
+        if let Some(mut f) = finished {
+            let _ = tokio::time::timeout(TAKEOVER_WAIT, f.wait_for(|d| *d)).await;
+        }
     }
 
     /// Stops listening, ends the session (everything received is applied
@@ -289,6 +362,21 @@ fn local_hello(store: &Store, node_id: &str) -> Hello {
     conn::hello(store, node_id, Role::Secondary, last)
 }
 
+/// This node's HelloAck for `hello`, or why `hello`'s primary is refused.
+async fn verdict(
+    inner: &Inner,
+    hello: &Hello,
+    cert_name: &str,
+) -> Result<Hello, (RefuseCode, String)> {
+    let mut local = local_hello(&inner.store, &inner.cfg.node_id);
+    // A new peer's volume with no data needs no compare in its first sync.
+    local.empty = local.lineage.is_empty() && !inner.store.holds_data().await.unwrap_or(true);
+    local.discarding = inner
+        .discard_local
+        .load(std::sync::atomic::Ordering::SeqCst);
+    secondary_verdict(&local, hello, cert_name).map(|()| local)
+}
+
 /// Last message before closing: how long the peer gets to read it.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -340,11 +428,32 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
         tracing::error!(primary = %c.peer_name, reason = %why, "refused primary");
         return note_error(&inner, format!("{from}: refused: {why}"));
     }
+    if let Some(arbiter) = &inner.arbiter {
+        if let Err((code, why)) = arbiter.admit(&hello).await {
+            refuse(&mut c, code, &why).await;
+            tracing::warn!(primary = %hello.node_id, reason = %why, "refused primary");
+            return note_error(&inner, format!("{from}: refused: {why}"));
+        }
+    }
+    // The history verdict before the one-session check: a primary of an
+    // older history learns so even while another primary's session runs.
+    if let Err((code, why)) = verdict(&inner, &hello, &c.peer_name).await {
+        refuse(&mut c, code, &why).await;
+        tracing::error!(primary = %hello.node_id, reason = %why, "refused primary");
+        return note_error(&inner, format!("{from}: refused: {why}"));
+    }
     // One primary session at a time; the same primary reconnecting replaces
     // its stale session.
     let mut active = inner.active.lock().await;
     if let Some(a) = active.as_ref() {
-        if a.node_id != hello.node_id {
+        let newer = matches!(
+            wire::compare_lineage(&a.lineage, &hello.lineage),
+            wire::LineageOrder::AIsAncestor { .. }
+        );
+        if newer {
+            tracing::warn!(old = %a.node_id, new = %hello.node_id, "a primary of a newer history takes the session over");
+        }
+        if a.node_id != hello.node_id && !newer {
             let why = format!(
                 "another primary session is active ({} from {}); refusing {}",
                 a.node_id, a.address, hello.node_id
@@ -369,15 +478,15 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
         refuse(&mut c, RefuseCode::NotAllowed, "secondary shutting down").await;
         return;
     }
-    let mut local = local_hello(&inner.store, &inner.cfg.node_id);
-    // A new peer's volume with no data needs no compare in its first sync.
-    local.empty = local.lineage.is_empty() && !inner.store.holds_data().await.unwrap_or(true);
-    if let Err((code, why)) = secondary_verdict(&local, &hello, &c.peer_name) {
-        drop(active);
-        refuse(&mut c, code, &why).await;
-        tracing::error!(primary = %hello.node_id, reason = %why, "refused primary");
-        return note_error(&inner, format!("{from}: refused: {why}"));
-    }
+    // Again: the previous session may have moved the journal on.
+    let local = match verdict(&inner, &hello, &c.peer_name).await {
+        Ok(local) => local,
+        Err((code, why)) => {
+            drop(active);
+            refuse(&mut c, code, &why).await;
+            return note_error(&inner, format!("{from}: refused: {why}"));
+        }
+    };
     if let Err(e) = c.writer.send(&Message::HelloAck(local.clone())).await {
         return note_error(&inner, format!("{from}: sending HelloAck: {e}"));
     }
@@ -385,6 +494,7 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
     let (fin_tx, fin_rx) = watch::channel(false);
     *active = Some(Active {
         node_id: hello.node_id.clone(),
+        lineage: hello.lineage.clone(),
         address: c.peer_addr,
         stop: stop.clone(),
         finished: fin_rx,
@@ -596,6 +706,10 @@ async fn read_loop(
                         lineage,
                     )
                     .await?;
+                    // The primary's history is this copy's now.
+                    inner
+                        .discard_local
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
                     tracing::warn!(
                         job,
                         stream_from,

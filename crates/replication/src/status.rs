@@ -191,6 +191,32 @@ pub struct VolumeStatus {
     pub upstream: Option<UpstreamStatus>,
     /// Secondary: the last refused or failed incoming connection.
     pub last_error: Option<String>,
+    /// Primary: why writes are refused, while they are.
+    #[serde(default)]
+    pub fenced: Option<String>,
+    /// Two primaries wrote after their histories forked (set by the node).
+    #[serde(default)]
+    pub split_brain: Option<SplitBrainStatus>,
+    /// The role the configuration names (where a new volume starts); `role`
+    /// is the one this node holds now (persisted).
+    #[serde(default)]
+    pub configured_role: Option<VolumeRole>,
+    /// Secondary: the operator gave this copy's changes since the fork up
+    /// (`resync --discard-local`); the next primary rolls them back.
+    #[serde(default)]
+    pub discarding_local: bool,
+}
+
+/// A split brain this node found: another primary with a history that
+/// forked from this one's, both written since.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SplitBrainStatus {
+    pub peer: String,
+    /// The first LSN where the histories differ.
+    pub fork_lsn: u64,
+    /// Regions this node changed since the fork (`None`: its journal no
+    /// longer holds all of those records).
+    pub changed_regions: Option<u64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,5 +301,9 @@ pub(crate) fn volume_status(store: &Store, role: VolumeRole, disk: DiskState) ->
         peers: Vec::new(),
         upstream: None,
         last_error: None,
+        fenced: None,
+        split_brain: None,
+        discarding_local: false,
+        configured_role: None,
     }
 }

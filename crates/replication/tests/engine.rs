@@ -11,7 +11,8 @@ use journal::JournalConfig;
 use rand::{Rng, SeedableRng};
 use replication::{
     ConnectionState, DiskState, PeerConfig, PeerMode, PeerStatus, Primary, PrimaryConfig,
-    Secondary, SecondaryConfig, SyncGate, SyncPeerLossPolicy, TransportKind, VolumeStatus,
+    Secondary, SecondaryConfig, StartMode, SyncGate, SyncPeerLossPolicy, TransportKind,
+    VolumeStatus,
 };
 use store::{Change, RecoveryReport, Store, StoreConfig};
 use transport::{create_ca, create_node_cert, CaPaths, TlsIdentity};
@@ -299,9 +300,14 @@ async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
     // Baseline latency without peers, on a separate store.
     let dn = tempfile::tempdir().unwrap();
     let (solo_store, solo_report) = open_primary_store(dn.path(), uuid).await;
-    let solo = Primary::start(solo_store, primary_cfg(&pki, vec![]), &solo_report)
-        .await
-        .unwrap();
+    let solo = Primary::start(
+        solo_store,
+        primary_cfg(&pki, vec![]),
+        &solo_report,
+        StartMode::Continue,
+    )
+    .await
+    .unwrap();
     let t = Instant::now();
     for i in 0..200u64 {
         solo.change(
@@ -317,7 +323,9 @@ async fn sync_tcp_and_async_quic_peers_end_byte_identical() {
     let solo_us = t.elapsed().as_micros() as f64 / 200.0;
     solo.shutdown().await;
 
-    let p = Primary::start(sp.clone(), cfg, &rp).await.unwrap();
+    let p = Primary::start(sp.clone(), cfg, &rp, StartMode::Continue)
+        .await
+        .unwrap();
     let lineage = sp.journal().lineage();
     assert_eq!(lineage.len(), 1, "the primary starts the history");
     assert!(!lineage[0].unknown_before, "the volume was empty");
@@ -424,6 +432,7 @@ async fn secondary_restarted_mid_stream_continues_from_its_lsn() {
             vec![peer("node-a", PeerMode::Async, TransportKind::Tcp, addr)],
         ),
         &rp,
+        StartMode::Continue,
     )
     .await
     .unwrap();
@@ -493,6 +502,7 @@ async fn async_quic_peer_down_never_slows_writes_and_catches_up() {
             vec![peer("node-b", PeerMode::Async, TransportKind::Quic, addr)],
         ),
         &rp,
+        StartMode::Continue,
     )
     .await
     .unwrap();
@@ -585,6 +595,7 @@ async fn async_peer_past_a_tiny_journal_cap_is_brought_back_by_a_bitmap_resync()
             vec![peer("node-b", PeerMode::Async, TransportKind::Quic, addr)],
         ),
         &rp,
+        StartMode::Continue,
     )
     .await
     .unwrap();
@@ -685,7 +696,9 @@ async fn sync_pair(
         )],
     );
     cfg.on_sync_peer_loss = policy;
-    let p = Primary::start(sp, cfg, &rp).await.unwrap();
+    let p = Primary::start(sp, cfg, &rp, StartMode::Continue)
+        .await
+        .unwrap();
     // After its initial sync the peer is sync again once it acked the
     // stream.
     wait_for("in sync", Duration::from_secs(20), || {
@@ -860,6 +873,7 @@ async fn mismatched_peers_are_refused_with_a_named_reason() {
             ],
         ),
         &rp,
+        StartMode::Continue,
     )
     .await
     .unwrap();
@@ -912,6 +926,7 @@ async fn a_hello_naming_another_node_than_the_certificate_is_refused() {
             )],
         ),
         &rp,
+        StartMode::Continue,
     )
     .await
     .unwrap();
@@ -946,7 +961,9 @@ async fn a_hello_naming_another_node_than_the_certificate_is_refused() {
         )],
     );
     cfg.node_id = "node-q".into();
-    let q = Primary::start(sq, cfg, &rq).await.unwrap();
+    let q = Primary::start(sq, cfg, &rq, StartMode::Continue)
+        .await
+        .unwrap();
     let why = refused_reason(&q, "node-b").await;
     assert!(
         why.contains("node-q") && why.contains("certificate"),
@@ -1006,6 +1023,7 @@ async fn hostile_frames_close_their_session_and_the_real_primary_is_served() {
             vec![peer("node-a", PeerMode::Sync, TransportKind::Tcp, addr)],
         ),
         &rp,
+        StartMode::Continue,
     )
     .await
     .unwrap();

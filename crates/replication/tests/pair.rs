@@ -69,6 +69,8 @@ fn hello(role: Role, lineage: Vec<LineageEntry>, durable_lsn: Lsn, consistent: b
         },
         overwrite: false,
         empty: false,
+        discarding: false,
+        fenced: false,
     }
 }
 

@@ -52,7 +52,7 @@ pub struct Store {
 }
 
 /// What `Store::open` found and redid.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RecoveryReport {
     pub checkpoint_lsn: Lsn,
     pub redone_records: u64,

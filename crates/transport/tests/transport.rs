@@ -80,6 +80,8 @@ fn sample_messages() -> Vec<Message> {
             data_state: DataState::Consistent,
             overwrite: false,
             empty: false,
+            discarding: false,
+            fenced: false,
         }),
         Message::Records {
             first_lsn: 1,

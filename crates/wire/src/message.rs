@@ -136,6 +136,13 @@ pub struct Hello {
     /// The sender's volume holds no data (holes only): a full sync into it
     /// has nothing to compare.
     pub empty: bool,
+    /// A secondary whose operator gave up its changes since the fork with
+    /// the primary (`resync --discard-local`): a diverged or newer history
+    /// is rolled back from the fork instead of refused.
+    pub discarding: bool,
+    /// A primary that has accepted no write since an unclean stop (it
+    /// waits to learn whether a newer primary exists).
+    pub fenced: bool,
 }
 
 /// Why a handshake was refused. Unknown codes are kept, so newer peers can add codes.
@@ -529,6 +536,12 @@ fn encode_hello(w: &mut ChunkWriter, h: &Hello, limits: &Limits) -> Result<(), W
     if h.empty {
         flags |= HELLO_FLAG_EMPTY;
     }
+    if h.discarding {
+        flags |= HELLO_FLAG_DISCARDING;
+    }
+    if h.fenced {
+        flags |= HELLO_FLAG_FENCED;
+    }
     w.put_u8(flags);
     w.put_u8(h.node_id.len() as u8);
     w.put_slice(h.node_id.as_bytes());
@@ -543,6 +556,8 @@ fn encode_hello(w: &mut ChunkWriter, h: &Hello, limits: &Limits) -> Result<(), W
 /// Hello flag: the primary's operator asked to overwrite this peer.
 const HELLO_FLAG_OVERWRITE: u8 = 1;
 const HELLO_FLAG_EMPTY: u8 = 2;
+const HELLO_FLAG_DISCARDING: u8 = 4;
+const HELLO_FLAG_FENCED: u8 = 8;
 /// Lineage entry flag: see [`LineageEntry::unknown_before`].
 const LINEAGE_FLAG_UNKNOWN_BEFORE: u8 = 1;
 
@@ -918,7 +933,10 @@ fn decode_hello(r: &mut Reader, limits: &Limits) -> Result<Hello, WireError> {
     let protocol_version = r.u16("hello.protocol_version")?;
     let role = Role::from_u8(r.u8("hello.role")?)?;
     let flags = r.u8("hello.flags")?;
-    if flags & !(HELLO_FLAG_OVERWRITE | HELLO_FLAG_EMPTY) != 0 {
+    if flags
+        & !(HELLO_FLAG_OVERWRITE | HELLO_FLAG_EMPTY | HELLO_FLAG_DISCARDING | HELLO_FLAG_FENCED)
+        != 0
+    {
         return Err(malformed("hello.flags", "unknown flag bits set"));
     }
     let id_len = r.u8("hello.node_id")? as usize;
@@ -945,6 +963,8 @@ fn decode_hello(r: &mut Reader, limits: &Limits) -> Result<Hello, WireError> {
         data_state,
         overwrite: flags & HELLO_FLAG_OVERWRITE != 0,
         empty: flags & HELLO_FLAG_EMPTY != 0,
+        discarding: flags & HELLO_FLAG_DISCARDING != 0,
+        fenced: flags & HELLO_FLAG_FENCED != 0,
     })
 }
 

@@ -28,6 +28,8 @@ fn hello() -> Hello {
         data_state: DataState::Consistent,
         overwrite: false,
         empty: false,
+        discarding: false,
+        fenced: false,
     }
 }
 
@@ -712,7 +714,7 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
         arb_lineage(),
         any::<bool>(),
         any::<u64>(),
-        any::<(bool, bool, bool)>(),
+        any::<(bool, bool, bool, bool, bool)>(),
     )
         .prop_map(
             |(
@@ -724,7 +726,7 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
                 lineage,
                 primary,
                 durable,
-                (inconsistent, overwrite, empty),
+                (inconsistent, overwrite, empty, discarding, fenced),
             )| {
                 Hello {
                     protocol_version: v,
@@ -746,6 +748,8 @@ fn arb_hello() -> impl Strategy<Value = Hello> {
                     },
                     overwrite,
                     empty,
+                    discarding,
+                    fenced,
                 }
             },
         )

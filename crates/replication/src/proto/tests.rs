@@ -34,6 +34,8 @@ fn hello(role: Role, lsn: u64, lineage: &[(u64, u64)]) -> Hello {
         data_state: DataState::Consistent,
         overwrite: false,
         empty: false,
+        discarding: false,
+        fenced: false,
     }
 }
 
@@ -104,6 +106,8 @@ fn primary_verdicts_follow_the_lineages() {
     // ... nothing to compare when its volume holds no data.
     let empty = Hello {
         empty: true,
+        discarding: false,
+        fenced: false,
         ..new.clone()
     };
     let r = plan(primary_verdict(&f, &empty));
@@ -584,4 +588,120 @@ proptest! {
             prop_assert!(!suspend || elapsed_ms >= 2000);
         }
     }
+}
+
+#[test]
+fn a_discarding_peer_of_a_diverged_or_newer_history_is_rolled_back_from_the_fork() {
+    // Primary: generations 1 then 2 from LSN 8; the peer forked with its
+    // own generation 3 from LSN 6 and wrote up to 12.
+    let p = hello(Role::Primary, 10, &[(1, 1), (2, 8)]);
+    let mut victim = hello(Role::Secondary, 12, &[(1, 1), (3, 6)]);
+    assert!(matches!(
+        primary_verdict(&facts(&p), &victim),
+        PrimaryVerdict::Refuse {
+            code: RefuseCode::LineageDiverged,
+            disk: DiskState::SplitBrain,
+            ..
+        }
+    ));
+    assert!(secondary_verdict(&victim, &p, "n").is_err());
+    victim.discarding = true;
+    assert!(secondary_verdict(&victim, &p, "n").is_ok());
+    let r = plan(primary_verdict(&facts(&p), &victim));
+    // From the earlier of the two forks: the peer's records from 6 differ.
+    assert_eq!(r.rollback_from, Some(6));
+    assert!(!r.full);
+
+    // A newer peer history (it was promoted, then gave its changes up).
+    let mut newer = hello(Role::Secondary, 15, &[(1, 1), (2, 8), (4, 11)]);
+    assert!(matches!(
+        primary_verdict(&facts(&p), &newer),
+        PrimaryVerdict::Refuse {
+            code: RefuseCode::LineageDiverged,
+            ..
+        }
+    ));
+    newer.discarding = true;
+    assert!(secondary_verdict(&newer, &p, "n").is_ok());
+    assert_eq!(
+        plan(primary_verdict(&facts(&p), &newer)).rollback_from,
+        Some(11)
+    );
+}
+
+#[test]
+fn a_primary_meeting_another_steps_down_refuses_or_calls_split_brain() {
+    let lineage = |l: &[(u64, u64)]| hello(Role::Primary, 0, l).lineage;
+    let mine = lineage(&[(1, 1)]);
+    let mut newer = hello(Role::Primary, 30, &[(1, 1), (2, 21)]);
+    newer.node_id = "b".into();
+    // Nothing written since the other's fork at 21: step down.
+    assert!(matches!(
+        primary_meeting(&mine, 20, false, &newer),
+        Meeting::StepDown { .. }
+    ));
+    // Written past it while running: both wrote, a split brain.
+    assert_eq!(
+        primary_meeting(&mine, 25, false, &newer),
+        Meeting::SplitBrain { fork_lsn: 21 }
+    );
+    // The same, but fenced after an unclean stop (nothing accepted since):
+    // an unplanned failover; what it holds past the fork is rolled back.
+    assert!(matches!(
+        primary_meeting(&mine, 25, true, &newer),
+        Meeting::StepDown { .. }
+    ));
+    // Both started generations after 1: split brain from the earlier fork.
+    assert_eq!(
+        primary_meeting(&lineage(&[(1, 1), (3, 18)]), 19, false, &newer),
+        Meeting::SplitBrain { fork_lsn: 18 }
+    );
+    // The caller is the older one: refused, it steps down on its side;
+    // unless it made writes durable past our fork.
+    assert_eq!(
+        primary_meeting(
+            &lineage(&[(1, 1), (2, 21)]),
+            40,
+            false,
+            &hello(Role::Primary, 22, &[(1, 1)])
+        ),
+        Meeting::SplitBrain { fork_lsn: 21 }
+    );
+    let mut fenced = hello(Role::Primary, 22, &[(1, 1)]);
+    fenced.fenced = true;
+    assert!(matches!(
+        primary_meeting(&lineage(&[(1, 1), (2, 21)]), 40, false, &fenced),
+        Meeting::Refuse {
+            code: RefuseCode::RoleConflict,
+            ..
+        }
+    ));
+    let older = hello(Role::Primary, 5, &[(1, 1)]);
+    assert!(matches!(
+        primary_meeting(&lineage(&[(1, 1), (2, 21)]), 40, false, &older),
+        Meeting::Refuse {
+            code: RefuseCode::RoleConflict,
+            ..
+        }
+    ));
+    assert!(matches!(
+        primary_meeting(&lineage(&[(9, 1)]), 40, false, &older),
+        Meeting::Refuse {
+            code: RefuseCode::UnrelatedData,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn a_peer_older_than_a_forced_promotion_of_an_inconsistent_copy_is_compared_in_full() {
+    let mut p = hello(Role::Primary, 10, &[(1, 1), (2, 8)]);
+    let older = hello(Role::Secondary, 7, &[(1, 1)]);
+    assert_eq!(
+        primary_verdict(&facts(&p), &older),
+        PrimaryVerdict::Stream { from_lsn: 8 }
+    );
+    p.lineage[1].unknown_before = true;
+    let r = plan(primary_verdict(&facts(&p), &older));
+    assert!(r.full && r.compare && r.rollback_from.is_none());
 }

@@ -11,6 +11,8 @@
 //! | fork                                        | are rolled back, ours sent         |
 //! | newer than ours                             | refuse: this node is the older one |
 //! | diverged after a common generation          | refuse: split brain                |
+//! | newer or diverged, the peer discarding its  | resync: its records since the fork |
+//! | changes (`resync --discard-local`)          | are rolled back, ours sent         |
 //! | unrelated (no common generation)            | refuse (a wrong volume), unless    |
 //! |                                             | our history began over unknown     |
 //! |                                             | data, or an operator overwrites    |
@@ -178,6 +180,25 @@ pub fn primary_verdict(f: &PrimaryFacts<'_>, remote: &Hello) -> PrimaryVerdict {
                 PrimaryVerdict::Stream { from_lsn: peer + 1 }
             }
         }
+        // A generation since the fork began over data of unknown history (a
+        // forced promotion of an inconsistent copy): nothing the peer holds
+        // can be assumed to be ours.
+        LineageOrder::BIsAncestor { common_lsn, .. }
+            if f
+                .local
+                .lineage
+                .iter()
+                .any(|g| g.start_lsn >= common_lsn && g.unknown_before) =>
+        {
+            resync(
+                true,
+                true,
+                None,
+                format!(
+                    "this primary's history since LSN {common_lsn} began over data of unknown history (a forced promotion): comparing every region with the peer"
+                ),
+            )
+        }
         LineageOrder::BIsAncestor { common_lsn, .. } => {
             if peer >= common_lsn {
                 resync(
@@ -193,6 +214,20 @@ pub fn primary_verdict(f: &PrimaryFacts<'_>, remote: &Hello) -> PrimaryVerdict {
             } else {
                 PrimaryVerdict::Stream { from_lsn: peer + 1 }
             }
+        }
+        // The peer's operator gave its changes since the fork up
+        // (`resync --discard-local`): they are rolled back, ours sent.
+        LineageOrder::AIsAncestor { common_lsn, .. } | LineageOrder::Diverged { common_lsn, .. }
+            if remote.discarding =>
+        {
+            resync(
+                false,
+                true,
+                Some(common_lsn),
+                format!(
+                    "the peer gives up its changes since the fork at LSN {common_lsn} (resync --discard-local): they are rolled back"
+                ),
+            )
         }
         LineageOrder::AIsAncestor { common_lsn, .. } => refuse(
             RefuseCode::LineageDiverged,
@@ -232,6 +267,9 @@ pub fn primary_verdict(f: &PrimaryFacts<'_>, remote: &Hello) -> PrimaryVerdict {
 
 /// The secondary's check of a primary's `Hello` (`local` is its own view,
 /// `cert_name` the primary's verified certificate name).
+/// With `local.discarding` (the operator gave this node's changes since
+/// the fork up) a newer or diverged local history is accepted: the primary
+/// rolls it back.
 pub fn secondary_verdict(
     local: &Hello,
     remote: &Hello,
@@ -261,6 +299,9 @@ pub fn secondary_verdict(
     }
     match compare_lineage(&local.lineage, &remote.lineage) {
         LineageOrder::Same | LineageOrder::AIsAncestor { .. } => Ok(()),
+        LineageOrder::BIsAncestor { .. } | LineageOrder::Diverged { .. } if local.discarding => {
+            Ok(())
+        }
         LineageOrder::BIsAncestor { common_lsn, .. } => Err((
             RefuseCode::LineageDiverged,
             format!("this node has a newer generation (from LSN {common_lsn}) than the primary"),
@@ -276,5 +317,69 @@ pub fn secondary_verdict(
             RefuseCode::UnrelatedData,
             "unrelated data: this node holds another history of the volume; it is not overwritten unless the primary's operator asks (resync --full)".into(),
         )),
+    }
+}
+
+/// What a primary does when another primary's Hello reaches its listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Meeting {
+    /// The caller's history is newer and this node has nothing the caller
+    /// lacks that it may keep: step down and serve it as a secondary.
+    StepDown { reason: String },
+    /// Both histories were written after they forked at `fork_lsn`.
+    SplitBrain { fork_lsn: Lsn },
+    /// Refuse the caller (it is the one to step down, or unrelated).
+    Refuse { code: RefuseCode, reason: String },
+}
+
+/// `local` is this primary's lineage and last written LSN; `fenced`: it
+/// accepted no write since an unclean stop, so whatever it wrote past the
+/// fork predates the other's promotion and is rolled back (an unplanned
+/// failover), not a split brain.
+pub fn primary_meeting(
+    local: &[wire::LineageEntry],
+    written_lsn: Lsn,
+    fenced: bool,
+    remote: &Hello,
+) -> Meeting {
+    let who = &remote.node_id;
+    match compare_lineage(local, &remote.lineage) {
+        LineageOrder::AIsAncestor { common_lsn, .. } if fenced || written_lsn < common_lsn => {
+            Meeting::StepDown {
+                reason: format!(
+                    "{who} holds a newer generation (from LSN {common_lsn}); {}",
+                    if fenced {
+                        "this node accepted no write since its unclean stop: what it holds past the fork is rolled back"
+                    } else {
+                        "this node wrote nothing since"
+                    }
+                ),
+            }
+        }
+        LineageOrder::AIsAncestor { common_lsn, .. } | LineageOrder::Diverged { common_lsn, .. } => {
+            Meeting::SplitBrain {
+                fork_lsn: common_lsn,
+            }
+        }
+        // The caller is the older primary and wrote past our fork.
+        // (A fenced caller accepted nothing since its unclean stop: what it
+        // holds past the fork is rolled back when it steps down.)
+        LineageOrder::BIsAncestor { common_lsn, .. }
+            if remote.durable_lsn >= common_lsn && !remote.fenced =>
+        {
+            Meeting::SplitBrain {
+                fork_lsn: common_lsn,
+            }
+        }
+        LineageOrder::Same | LineageOrder::BIsAncestor { .. } => Meeting::Refuse {
+            code: RefuseCode::RoleConflict,
+            reason: format!(
+                "this node is the primary of the same or a newer history; {who} is the one to step down (demote it)"
+            ),
+        },
+        LineageOrder::Unrelated => Meeting::Refuse {
+            code: RefuseCode::UnrelatedData,
+            reason: format!("{who} is a primary of an unrelated history of this volume"),
+        },
     }
 }
