@@ -1,6 +1,7 @@
 //! The README's main command: `driftless demo` must run end to end (three
-//! nodes, a DR link cut past the journal, a bitmap resync) and find the
-//! three copies identical.
+//! nodes, a DR link cut past the journal, a bitmap resync, a planned
+//! switchover to the metro peer and back) and find the three copies
+//! identical.
 
 use std::process::Command;
 use std::time::Duration;
@@ -30,6 +31,13 @@ fn demo_runs_and_the_three_copies_match() {
     // resync, not by a copy of the whole volume.
     assert!(
         stdout.contains("resynced ") && stdout.contains("not the whole"),
+        "{stdout}"
+    );
+    // Switched to metro and back: each new primary followed without a resync.
+    assert!(
+        stdout.contains("metro is primary of generation")
+            && stdout.contains("alpha is primary of generation")
+            && stdout.matches("nothing resynced").count() == 2,
         "{stdout}"
     );
 }

@@ -4,7 +4,9 @@
 //! writes through NBD while the DR link is cut long enough to overflow the
 //! primary's small journal: the DR peer falls behind past it (its missed
 //! regions are kept in its dirty bitmap), and when the link is back it is
-//! brought back by a bitmap resync with live progress. The nodes stop, and
+//! brought back by a bitmap resync with live progress. Then a planned
+//! switchover to the metro peer and back (demote, promote: nothing is
+//! resynced, the others follow each new primary). The nodes stop, and
 //! every copy is checked: the three files are byte-identical and hold
 //! exactly the last write to every block. Every wait is bounded and names
 //! what did not happen.
@@ -12,13 +14,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use node::control::NodeStatus;
+use node::config::VolumeSection;
+use node::control::{NodeStatus, Request};
 use replication::{
     ConnectionState, DiskState, PeerMode, PeerStatus, ResyncReport, TransportKind, VolumeRole,
 };
 
 use crate::checker::{check_final, read_blocks, Workload, WorkloadCfg, BLOCK};
-use crate::cluster::{compare_files, file_digest, quick_quic, with_peer, NodeProc, Site, VOLUME};
+use crate::cluster::{compare_files, file_digest, quick_quic, Member, NodeProc, Site, VOLUME};
 use crate::error::{HarnessError, Result};
 use crate::proxy::{Protocol, Proxy, ProxyHandle};
 
@@ -158,50 +161,46 @@ fn scenario(
     let site = Site::at(&work.path)?;
     println!("  created a CA; each node gets a certificate signed by it");
 
-    let secondary = |name: &str, via| -> Result<NodeProc> {
-        let mut c = site.config(
-            name,
-            demo_volume(site.secondary_volume(name, args.size, via)),
-        )?;
-        c.quic = quick_quic();
-        site.start(&c)
-    };
-    let metro = secondary("metro", TransportKind::Tcp)?;
-    let dr = secondary("dr", TransportKind::Quic)?;
-    let (metro_addr, dr_addr) = (
-        metro.tcp.expect("metro listens on TCP"),
-        dr.quic.expect("dr listens on QUIC"),
-    );
-    // The DR link goes through the proxy so it can be cut.
+    // Every node lists the other two: any of them can be promoted. The
+    // DR link goes through the proxy so it can be cut.
+    let dr_real = Member::new("dr", PeerMode::Async, TransportKind::Quic)?;
     let proxy: ProxyHandle = runtime.block_on(Proxy::start(
         Protocol::Udp,
         "127.0.0.1:0".parse().expect("address"),
-        dr_addr,
+        dr_real.address,
         Duration::ZERO,
     ))?;
-    println!("  metro  secondary  TCP+TLS on {metro_addr}");
+    let members = [
+        Member::new("alpha", PeerMode::Sync, TransportKind::Tcp)?,
+        Member::new("metro", PeerMode::Sync, TransportKind::Tcp)?,
+        Member {
+            address: proxy.local_addr(),
+            ..dr_real.clone()
+        },
+    ];
+    let node = |me: &Member, role, tune: &dyn Fn(&mut VolumeSection)| -> Result<NodeProc> {
+        let mut v = demo_volume(site.mesh_volume(me, &members, args.size, role));
+        tune(&mut v);
+        let mut c = site.config(&me.name, v)?;
+        c.quic = quick_quic();
+        site.start(&c)
+    };
+    let metro = node(&members[1], VolumeRole::Secondary, &|_| {})?;
+    let dr = node(&dr_real, VolumeRole::Secondary, &|_| {})?;
+    println!("  metro  secondary  TCP+TLS on {}", members[1].address);
     println!(
-        "  dr     secondary  QUIC on {dr_addr}, reached through the fault proxy on {}",
+        "  dr     secondary  QUIC on {}, reached through the fault proxy on {}",
+        dr_real.address,
         proxy.local_addr()
     );
-    let mut v = demo_volume(site.primary_volume("alpha", args.size));
-    v.journal_size = DEMO_JOURNAL_BYTES;
-    v.journal_segment_size = DEMO_SEGMENT_BYTES;
-    v.max_write = DEMO_MAX_WRITE_BYTES;
-    v.max_batch = u64::from(DEMO_MAX_WRITE_BYTES);
-    v.resync_max_rate = DEMO_RESYNC_RATE;
-    v.resync_min_rate = DEMO_RESYNC_RATE / 2;
-    v = with_peer(v, "metro", PeerMode::Sync, TransportKind::Tcp, metro_addr);
-    v = with_peer(
-        v,
-        "dr",
-        PeerMode::Async,
-        TransportKind::Quic,
-        proxy.local_addr(),
-    );
-    let mut c = site.config("alpha", v)?;
-    c.quic = quick_quic();
-    let alpha = site.start(&c)?;
+    let alpha = node(&members[0], VolumeRole::Primary, &|v| {
+        v.journal_size = DEMO_JOURNAL_BYTES;
+        v.journal_segment_size = DEMO_SEGMENT_BYTES;
+        v.max_write = DEMO_MAX_WRITE_BYTES;
+        v.max_batch = u64::from(DEMO_MAX_WRITE_BYTES);
+        v.resync_max_rate = DEMO_RESYNC_RATE;
+        v.resync_min_rate = DEMO_RESYNC_RATE / 2;
+    })?;
     let nbd_socket = alpha.nbd_socket.clone().expect("a primary exports NBD");
     println!(
         "  alpha  primary    {}",
@@ -216,6 +215,7 @@ fn scenario(
     );
     let mut nodes = [alpha, metro, dr];
     let timeline = run_workload(args, &nodes[0], &proxy, &nbd_socket)?;
+    switchover(&nodes)?;
 
     // Each node's own view, then a clean stop: the primary first (it drains
     // its peers), then the secondaries.
@@ -237,6 +237,100 @@ fn scenario(
         "all three copies are identical; demo finished in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// A role change through the node's control socket, shown as typed.
+fn role_command(node: &NodeProc, request: Request, shown: &str) -> Result<()> {
+    let said = node::control::command(&node.config.node.control_socket, &request)?;
+    println!("  {}$ driftless {shown} {VOLUME}\n      {said}", node.name);
+    Ok(())
+}
+
+/// Waits until `primary`'s peers are caught up, and checks that getting
+/// there resynced nothing.
+fn followed_without_resync(primary: &NodeProc, peers: &[&NodeProc]) -> Result<()> {
+    let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+    let v = crate::cluster::wait_caught_up(primary, &names, peers, CATCH_UP_TIMEOUT)?;
+    for p in &v.peers {
+        if let Some(r) = &p.last_resync {
+            return Err(HarnessError::Check(format!(
+                "a planned switchover resynced {} ({} bytes): it must move nothing",
+                p.name, r.bytes_sent
+            )));
+        }
+    }
+    let lineage: Vec<String> = v
+        .lineage
+        .iter()
+        .map(|g| format!("{:#x}@{}", g.id, g.start_lsn))
+        .collect();
+    println!(
+        "      {} is primary of generation {:#x} (lineage {}); {} up to date at LSN {}, nothing resynced",
+        primary.name,
+        v.generation,
+        lineage.join(" "),
+        names.join(" and "),
+        v.written_lsn
+    );
+    Ok(())
+}
+
+/// A planned switchover to the metro peer and back: demote, promote, and
+/// the others follow the new primary by streaming, with no resync.
+fn switchover(nodes: &[NodeProc]) -> Result<()> {
+    let [alpha, metro, dr] = nodes else {
+        unreachable!("three nodes")
+    };
+    println!();
+    println!("planned switchover to metro and back:");
+    role_command(
+        alpha,
+        Request::Demote {
+            volume: VOLUME.into(),
+        },
+        "demote",
+    )?;
+    role_command(
+        metro,
+        Request::Promote {
+            volume: VOLUME.into(),
+            force: false,
+        },
+        "promote",
+    )?;
+    followed_without_resync(metro, &[alpha, dr])?;
+    role_command(
+        metro,
+        Request::Demote {
+            volume: VOLUME.into(),
+        },
+        "demote",
+    )?;
+    role_command(
+        alpha,
+        Request::Promote {
+            volume: VOLUME.into(),
+            force: false,
+        },
+        "promote",
+    )?;
+    followed_without_resync(alpha, &[metro, dr])?;
+    for n in nodes {
+        let v = n.volume()?;
+        if v.role
+            != if n.name == "alpha" {
+                VolumeRole::Primary
+            } else {
+                VolumeRole::Secondary
+            }
+        {
+            return Err(HarnessError::Check(format!(
+                "{} is {} after switching back",
+                n.name, v.role
+            )));
+        }
+    }
     Ok(())
 }
 

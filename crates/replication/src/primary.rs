@@ -268,9 +268,10 @@ impl Primary {
             .await
     }
 
-    /// Waits until every connected peer holds everything written so far,
-    /// durably, or `timeout` passes; returns the peers behind (connected
-    /// or not) with their durable LSN.
+    /// Waits until every connected peer journaled everything written so far
+    /// (a sync peer made it durable at the last flush; an async one syncs
+    /// its journal within milliseconds), or `timeout` passes; returns the
+    /// peers behind (connected or not) with their acknowledged LSN.
     pub async fn wait_peers(&self, timeout: Duration) -> Vec<(String, Lsn)> {
         let deadline = Instant::now() + timeout;
         let written = self.inner.store.journal().written_lsn();
@@ -282,9 +283,9 @@ impl Primary {
                 .iter()
                 .filter_map(|p| {
                     let v = p.view.borrow();
-                    (v.durable_lsn < written).then(|| {
+                    (v.acked_lsn < written).then(|| {
                         waiting |= v.connection == crate::ConnectionState::Connected;
-                        (p.cfg.name.clone(), v.durable_lsn)
+                        (p.cfg.name.clone(), v.acked_lsn)
                     })
                 })
                 .collect();

@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use transport::{QuicEndpoint, TcpTlsListener, TransportError};
 use wire::{
-    ByeCode, Hello, LineageEntry, Message, RefuseCode, Role, Rollback, SyncOp, SyncOpKind,
-    WireRecord,
+    ByeCode, Hello, LineageEntry, LineageOrder, Message, RefuseCode, Role, Rollback, SyncOp,
+    SyncOpKind, WireRecord,
 };
 
 use crate::config::{SecondaryConfig, TransportKind};
@@ -448,7 +448,7 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
     if let Some(a) = active.as_ref() {
         let newer = matches!(
             wire::compare_lineage(&a.lineage, &hello.lineage),
-            wire::LineageOrder::AIsAncestor { .. }
+            LineageOrder::AIsAncestor { .. }
         );
         if newer {
             tracing::warn!(old = %a.node_id, new = %hello.node_id, "a primary of a newer history takes the session over");
@@ -512,6 +512,25 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
         streaming: false,
     };
     tracing::info!(primary = %hello.node_id, %transport, next_lsn = local.durable_lsn + 1, "primary session started");
+    // A prefix of a newer history is streamed: the newer generations are
+    // this copy's history from now on, even before any of their records
+    // arrive (a primary promoted and demoted without writing must not look
+    // like a fork later).
+    if let LineageOrder::AIsAncestor { common_lsn, .. } =
+        wire::compare_lineage(&local.lineage, &hello.lineage)
+    {
+        if local.durable_lsn < common_lsn {
+            let lineage = hello
+                .lineage
+                .iter()
+                .copied()
+                .map(conn::from_wire_generation)
+                .collect();
+            if let Err(e) = inner.store.journal().set_lineage(lineage).await {
+                tracing::error!(error = %e, "taking the primary's newer lineage over failed");
+            }
+        }
+    }
     let result = session(&inner, c, &hello, stop).await;
     match &result {
         Ok(()) => tracing::info!(primary = %hello.node_id, "primary session ended"),
