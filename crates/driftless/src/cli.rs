@@ -50,6 +50,9 @@ pub enum Command {
         full: bool,
         #[arg(long, conflicts_with_all = ["peer", "wait"])]
         discard_local: bool,
+        /// With --discard-local: print the daemon's answer as JSON.
+        #[arg(long, requires = "discard_local")]
+        json: bool,
         /// Follow the resync until the peer is up to date.
         #[arg(long)]
         wait: bool,
@@ -85,6 +88,9 @@ pub enum Command {
         /// brain), or a copy that is no state the volume ever had.
         #[arg(long)]
         force: bool,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         control: ControlArgs,
     },
@@ -93,6 +99,9 @@ pub enum Command {
     /// catch up; the node then serves whoever is promoted next.
     Demote {
         volume: String,
+        /// Print the daemon's answer as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         control: ControlArgs,
     },

@@ -18,11 +18,12 @@ fn main() -> std::process::ExitCode {
         cli::Command::Resync {
             volume,
             discard_local: true,
+            json,
             control,
             ..
         } => control
             .socket()
-            .and_then(|s| role_command(&s, &control::Request::DiscardLocal { volume })),
+            .and_then(|s| role_command(&s, &control::Request::DiscardLocal { volume }, json)),
         cli::Command::Resync {
             volume,
             peer,
@@ -37,13 +38,18 @@ fn main() -> std::process::ExitCode {
         cli::Command::Promote {
             volume,
             force,
+            json,
             control,
         } => control
             .socket()
-            .and_then(|s| role_command(&s, &control::Request::Promote { volume, force })),
-        cli::Command::Demote { volume, control } => control
+            .and_then(|s| role_command(&s, &control::Request::Promote { volume, force }, json)),
+        cli::Command::Demote {
+            volume,
+            json,
+            control,
+        } => control
             .socket()
-            .and_then(|s| role_command(&s, &control::Request::Demote { volume })),
+            .and_then(|s| role_command(&s, &control::Request::Demote { volume }, json)),
         cli::Command::Verify {
             volume,
             peer,
@@ -76,10 +82,27 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// A role change: the daemon's answer on stdout, or its refusal as the error.
-fn role_command(socket: &std::path::Path, request: &control::Request) -> anyhow::Result<()> {
-    println!("{}", control::command(socket, request)?);
-    Ok(())
+/// A role change: the daemon's answer on stdout, or its refusal as the
+/// error (with `json`, both as `{"result": "done"|"error", "message": …}`).
+fn role_command(
+    socket: &std::path::Path,
+    request: &control::Request,
+    json: bool,
+) -> anyhow::Result<()> {
+    let answer = control::command(socket, request);
+    if json {
+        let (result, message) = match &answer {
+            Ok(m) => ("done", m.clone()),
+            Err(e) => ("error", e.to_string()),
+        };
+        println!(
+            "{}",
+            serde_json::json!({ "result": result, "message": message })
+        );
+    } else if let Ok(m) = &answer {
+        println!("{m}");
+    }
+    answer.map(drop).map_err(anyhow::Error::from)
 }
 
 fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
