@@ -234,6 +234,11 @@ fn unrelated_peer_is_refused_on_both_sides_until_resync_full() {
     let mut other = start(&site, "dr", site.primary_volume("dr", SIZE));
     qemu_write(&other, &[0, 5 * MIB, 100 * MIB], MIB);
     other.stop().unwrap();
+    // Re-purposed as a secondary: its persisted role would otherwise win
+    // over the new config's (docs/failover.md).
+    let mut role = site.volume("dr").into_os_string();
+    role.push(".journal/role.json");
+    std::fs::remove_file(role).unwrap();
     let before = harness::cluster::file_digest(&site.volume("dr")).unwrap();
     let dr = start_dr(&site);
     let mut primary = primary_of(&site, &dr, |_| {});
