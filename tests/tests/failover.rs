@@ -437,37 +437,38 @@ fn wait_split_brain(node: &NodeProc, others: &[&NodeProc]) -> replication::Split
     .unwrap()
 }
 
-#[test]
-fn split_brain_through_a_cut_link_moves_nothing_until_discard_local_then_only_changed_regions() {
-    let _serial = serial();
-    require_tool("qemu-io");
+/// alpha (primary) and beta (its sync peer), every connection between
+/// them through a proxy; the links are cut, beta is promoted, each writes
+/// one region at each of its offsets (alpha pattern 0xa1, beta 0xb2) and
+/// flushes, and the links are healed: a split brain, under `policy` on
+/// both nodes.
+struct SplitBrain {
+    site: Site,
+    alpha: NodeProc,
+    beta: NodeProc,
+    _proxies: [ProxyProc; 2],
+}
+
+fn split_brain(policy: &str, on_alpha: &[u64], on_beta: &[u64]) -> SplitBrain {
     let site = Site::temp().unwrap();
     let members = [
         Member::new("alpha", SYNC, TCP).unwrap(),
         Member::new("beta", SYNC, TCP).unwrap(),
     ];
-    // Every connection between the two goes through a proxy that can cut.
     let to_alpha = ProxyProc::start(&site.dir, Protocol::Tcp, members[0].address, None).unwrap();
     let to_beta = ProxyProc::start(&site.dir, Protocol::Tcp, members[1].address, None).unwrap();
     let config = |i: usize, via: &ProxyProc| {
-        let mut v = site.mesh_volume(
-            &members[i],
-            &members,
-            SIZE,
-            if i == 0 {
-                VolumeRole::Primary
-            } else {
-                VolumeRole::Secondary
-            },
-        );
+        let role = [VolumeRole::Primary, VolumeRole::Secondary][i];
+        let mut v = site.mesh_volume(&members[i], &members, SIZE, role);
         v.peers[0].address = via.addr;
         v.on_sync_peer_loss = node::config::LossPolicy::Degrade;
         v.keepalive_interval = Duration::from_millis(200);
         v.peer_timeout = Duration::from_secs(2);
+        v.split_brain_policy = serde_json::from_str(&format!("{policy:?}")).unwrap();
         site.config(&members[i].name, v).unwrap()
     };
-    let mut beta = site.start(&config(1, &to_alpha)).unwrap();
-    let mut alpha = site.start(&config(0, &to_beta)).unwrap();
+    let beta = site.start(&config(1, &to_alpha)).unwrap();
+    let alpha = site.start(&config(0, &to_beta)).unwrap();
     let out = qemu_write(&alpha, &[0, 4 * MIB], REGION, 1);
     assert!(out.status.success());
     wait_caught_up(&alpha, &["beta"], &[&beta], CATCH_UP).unwrap();
@@ -476,23 +477,41 @@ fn split_brain_through_a_cut_link_moves_nothing_until_discard_local_then_only_ch
     to_beta.cut();
     wait_primary_gone(&beta);
     cli_ok(&beta, &["promote", VOLUME]);
-    // Both write while apart: alpha 3 regions, beta 2 (one of them a
-    // region alpha wrote too).
-    let a = qemu_write(&alpha, &[10 * MIB, 11 * MIB, 12 * MIB], REGION, 0xa1);
-    let b = qemu_write(&beta, &[12 * MIB, 20 * MIB], REGION, 0xb2);
-    assert!(a.status.success() && b.status.success());
-    for n in [&alpha, &beta] {
-        let out = run_ok(
-            Command::new("qemu-io")
-                .args(["-f", "raw", "-c", "flush"])
-                .arg(n.nbd_uri.as_deref().unwrap()),
-            Duration::from_secs(60),
-        );
-        out.unwrap();
+    for (n, offsets, pattern) in [(&alpha, on_alpha, 0xa1), (&beta, on_beta, 0xb2)] {
+        let mut cmd = Command::new("qemu-io");
+        cmd.args(["-f", "raw"]);
+        for off in offsets {
+            cmd.arg("-c")
+                .arg(format!("write -P {pattern} {off} {REGION}"));
+        }
+        cmd.args(["-c", "flush"]).arg(n.nbd_uri.as_deref().unwrap());
+        run_ok(&mut cmd, Duration::from_secs(60)).unwrap();
     }
     to_alpha.restore();
     to_beta.restore();
+    SplitBrain {
+        site,
+        alpha,
+        beta,
+        _proxies: [to_alpha, to_beta],
+    }
+}
 
+#[test]
+fn split_brain_through_a_cut_link_moves_nothing_until_discard_local_then_only_changed_regions() {
+    let _serial = serial();
+    require_tool("qemu-io");
+    // alpha changes 3 regions, beta 2 (one of them a region alpha wrote too).
+    let SplitBrain {
+        site,
+        mut alpha,
+        mut beta,
+        _proxies,
+    } = split_brain(
+        "disconnect",
+        &[10 * MIB, 11 * MIB, 12 * MIB],
+        &[12 * MIB, 20 * MIB],
+    );
     let on_alpha = wait_split_brain(&alpha, &[&beta]);
     let on_beta = wait_split_brain(&beta, &[&alpha]);
     assert_eq!(on_alpha.peer, "beta");
@@ -500,6 +519,16 @@ fn split_brain_through_a_cut_link_moves_nothing_until_discard_local_then_only_ch
     assert_eq!(on_alpha.changed_regions, Some(3), "{on_alpha:?}");
     assert_eq!(on_beta.changed_regions, Some(2), "{on_beta:?}");
     assert_eq!(on_alpha.fork_lsn, on_beta.fork_lsn);
+    // Each side learns the other's count in the exchange.
+    let on_alpha = wait_for("alpha to learn beta's count", &alpha, &[], CATCH_UP, |v| {
+        v.split_brain
+            .as_ref()
+            .is_some_and(|s| s.peer_changed_regions.is_some())
+    })
+    .unwrap()
+    .split_brain
+    .unwrap();
+    assert_eq!(on_alpha.peer_changed_regions, Some(2), "{on_alpha:?}");
     // Nothing moves while the split brain stands.
     let digests = |n: &str| file_digest(&site.volume(n)).unwrap();
     let before = (digests("alpha"), digests("beta"));
@@ -620,4 +649,73 @@ fn promote_is_refused_with_a_connected_primary_and_on_an_inconsistent_copy_force
         .expect("a resync");
     assert!(r.full && r.compare, "{r:?}");
     stop_all_and_compare(&site, &mut [&mut beta, &mut alpha]);
+}
+
+#[test]
+fn each_automatic_split_brain_policy_discards_the_side_it_names_and_only_changed_regions_move() {
+    let _serial = serial();
+    require_tool("qemu-io");
+    // (policy, alpha's regions, beta's, the side discarded). alpha is the
+    // older primary, beta (promoted during the cut) the younger.
+    let (a3, b2) = (
+        [10 * MIB, 11 * MIB, 12 * MIB].as_slice(),
+        [12 * MIB, 20 * MIB].as_slice(),
+    );
+    let cases: [(&str, &[u64], &[u64], &str); 4] = [
+        ("discard-zero-changes", a3, &[], "beta"),
+        ("discard-least-changes", a3, b2, "beta"),
+        ("discard-younger-primary", b2, a3, "beta"),
+        ("discard-older-primary", a3, b2, "alpha"),
+    ];
+    for (policy, on_alpha, on_beta, victim) in cases {
+        let SplitBrain {
+            site,
+            mut alpha,
+            mut beta,
+            _proxies,
+        } = split_brain(policy, on_alpha, on_beta);
+        let (winner, loser, kept, lost, pattern) = if victim == "alpha" {
+            (&beta, &alpha, on_beta, on_alpha, 0xb2u8)
+        } else {
+            (&alpha, &beta, on_alpha, on_beta, 0xa1u8)
+        };
+        let v = wait_for(
+            &format!("{policy}: {victim} to follow the other"),
+            winner,
+            &[loser],
+            CATCH_UP,
+            |v| v.peer(victim).is_some_and(harness::cluster::up_to_date),
+        )
+        .unwrap();
+        assert_eq!(role(loser), VolumeRole::Secondary, "{policy}");
+        assert_eq!(role(winner), VolumeRole::Primary, "{policy}");
+        let changed = (on_alpha.len() + on_beta.len()) as u64 * REGION;
+        let r = v.peer(victim).unwrap().last_resync.clone();
+        assert!(
+            r.as_ref().map_or(0, |r| r.bytes_sent) <= changed,
+            "{policy}: {r:?} is more than the changed regions"
+        );
+        assert!(
+            loser.log_text().contains("split-brain policy"),
+            "{policy}: {}",
+            loser.log_tail(20)
+        );
+        eprintln!("{policy}: {victim} discarded, resync {r:?}");
+        let (winner_name, loser_name) = (winner.name.clone(), loser.name.clone());
+        stop_all_and_compare(&site, &mut [&mut alpha, &mut beta]);
+        let read =
+            |off: u64| harness::cluster::read_at(&site.volume(&loser_name), off, REGION as usize);
+        for &off in kept {
+            assert!(
+                read(off).iter().all(|&b| b == pattern),
+                "{policy}: {winner_name}'s write at {off} is missing"
+            );
+        }
+        for &off in lost.iter().filter(|o| !kept.contains(o)) {
+            assert!(
+                read(off).iter().all(|&b| b == 0),
+                "{policy}: {loser_name}'s discarded write at {off} stayed"
+            );
+        }
+    }
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use replication::{InitialSync, PeerMode, ResyncCompare, TransportKind, VolumeRole};
+use replication::{
+    InitialSync, PeerMode, ResyncCompare, SplitBrainPolicy, TransportKind, VolumeRole,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::NodeError;
@@ -177,6 +179,14 @@ pub struct VolumeSection {
     /// Primary: resync bytes sent and not yet durable on the peer.
     #[serde(deserialize_with = "bytes", default = "default_resync_inflight")]
     pub resync_max_inflight: u64,
+    /// What happens when this node, as primary, finds another primary that
+    /// also wrote since their histories forked: `disconnect` (nothing
+    /// moves until `resync --discard-local`), `discard-zero-changes`,
+    /// `discard-least-changes`, `discard-younger-primary`,
+    /// `discard-older-primary`. Both nodes must name the same policy, or
+    /// nothing moves.
+    #[serde(default = "default_split_brain_policy")]
+    pub split_brain_policy: SplitBrainPolicy,
     /// Where a primary connects while this node is a secondary (TCP+TLS
     /// and/or QUIC). On a primary: what it serves once demoted, and where a
     /// second primary is noticed (split brain).
@@ -361,6 +371,9 @@ fn default_resync_min_rate() -> u64 {
 fn default_resync_inflight() -> u64 {
     16 << 20
 }
+fn default_split_brain_policy() -> SplitBrainPolicy {
+    SplitBrainPolicy::Disconnect
+}
 fn default_inflight() -> u64 {
     64 << 20
 }
@@ -518,6 +531,7 @@ impl VolumeSection {
             resync_max_rate: 0,
             resync_min_rate: default_resync_min_rate(),
             resync_max_inflight: default_resync_inflight(),
+            split_brain_policy: default_split_brain_policy(),
             listen_tcp: None,
             listen_quic: None,
             nbd: None,

@@ -138,8 +138,9 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
         let starter: PrimaryStarter = {
             let cfg = primary_config(&config.node.name, v, &tls, &quic);
             let (repl, name) = (repl.clone(), v.name.clone());
-            Box::new(move |store, report, mode| {
-                let (cfg, repl, name) = (cfg.clone(), repl.clone(), name.clone());
+            Box::new(move |store, report, mode, primary_since_ns| {
+                let (mut cfg, repl, name) = (cfg.clone(), repl.clone(), name.clone());
+                cfg.primary_since_ns = primary_since_ns;
                 // Peer tasks run on the replication runtime.
                 Box::pin(async move {
                     repl.spawn(async move { Primary::start(store, cfg, &report, mode).await })
@@ -154,7 +155,8 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
                 })
             })
         };
-        let slot = Slot::start(v.clone(), store.clone(), report, starter).await?;
+        let slot =
+            Slot::start(&config.node.name, v.clone(), store.clone(), report, starter).await?;
         if v.listen_tcp.is_some() || v.listen_quic.is_some() {
             let mut cfg = SecondaryConfig::new(config.node.name.clone(), tls.clone());
             cfg.listen_tcp = v.listen_tcp;
@@ -297,6 +299,7 @@ fn primary_config(
     cfg.quic = quic.clone();
     cfg.initial_sync = v.initial_sync;
     cfg.resync_compare = v.resync_compare;
+    cfg.split_brain_policy = v.split_brain_policy;
     cfg.resync = ResyncLimits {
         max_rate_bytes_per_sec: v.resync_max_rate,
         min_rate_bytes_per_sec: v.resync_min_rate,

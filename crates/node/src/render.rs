@@ -39,13 +39,16 @@ pub fn render(status: &NodeStatus) -> String {
             let _ = writeln!(out, "  FENCED (NBD writes answered EPERM): {why}");
         }
         if let Some(sb) = &s.split_brain {
+            let count = |n: Option<u64>| n.map_or("an unknown number of".into(), |n| n.to_string());
             let _ = writeln!(
                 out,
-                "  SPLIT BRAIN with {}: both wrote after the fork at LSN {}; this node changed {} regions since. Nothing moves until `driftless resync {} --discard-local` on the node whose changes are given up",
+                "  SPLIT BRAIN with {}: both wrote after the fork at LSN {}; this node changed {} regions since, {} {}; policy {}. Unless the policy discards one side, nothing moves until `driftless resync {} --discard-local` on the node whose changes are given up",
                 sb.peer,
                 sb.fork_lsn,
-                sb.changed_regions
-                    .map_or("an unknown number of".into(), |n| n.to_string()),
+                count(sb.changed_regions),
+                sb.peer,
+                count(sb.peer_changed_regions),
+                sb.policy,
                 v.name
             );
         }

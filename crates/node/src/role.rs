@@ -24,6 +24,13 @@ pub struct RoleRecord {
     pub changed_at_ns: u64,
 }
 
+/// Wall time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
 pub fn path(journal_dir: &Path) -> PathBuf {
     journal_dir.join(FILE)
 }
@@ -49,9 +56,7 @@ pub fn store(journal_dir: &Path, role: VolumeRole, reason: &str) -> Result<RoleR
     let record = RoleRecord {
         role,
         reason: reason.to_owned(),
-        changed_at_ns: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
+        changed_at_ns: now_ns(),
     };
     let p = path(journal_dir);
     let tmp = journal_dir.join(format!("{FILE}.tmp"));

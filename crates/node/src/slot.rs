@@ -11,8 +11,8 @@ use std::time::Duration;
 use nbd_shim::TargetError;
 use replication::proto::verdict::Meeting;
 use replication::{
-    Admission, Arbiter, Hello, Primary, RefuseCode, Secondary, SplitBrainStatus, StartMode,
-    VolumeRole, VolumeStatus,
+    Admission, Arbiter, Hello, Primary, Refusal, RefuseCode, Secondary, SplitBrainFacts,
+    SplitBrainStatus, StartMode, VolumeRole, VolumeStatus,
 };
 use store::{Change, RecoveryReport, Store};
 use tokio::sync::RwLock;
@@ -31,12 +31,14 @@ enum Engine {
     Secondary,
 }
 
-/// What starting a primary needs besides the store.
+/// Starts a primary: the store, what recovery found, how, and when this
+/// node became primary (ns since the epoch).
 pub type PrimaryStarter = Box<
     dyn Fn(
             Arc<Store>,
             RecoveryReport,
             StartMode,
+            u64,
         ) -> std::pin::Pin<
             Box<dyn std::future::Future<Output = Result<Arc<Primary>, NodeError>> + Send>,
         > + Send
@@ -45,6 +47,8 @@ pub type PrimaryStarter = Box<
 
 pub struct Slot {
     pub name: String,
+    /// This node's name (a split-brain policy names the node it discards).
+    node_name: String,
     section: VolumeSection,
     store: Arc<Store>,
     /// What opening the store found; the first primary start acts on it.
@@ -56,6 +60,8 @@ pub struct Slot {
     start_primary: PrimaryStarter,
     split_brain: Mutex<Option<SplitBrainStatus>>,
     last_status: Mutex<Option<VolumeStatus>>,
+    /// The persisted role, as last written.
+    role_record: Mutex<role::RoleRecord>,
     /// One role change at a time.
     changing: tokio::sync::Mutex<()>,
 }
@@ -65,24 +71,27 @@ impl Slot {
     /// on first start; `role.rs`). A primary starts fenced when the last
     /// run stopped uncleanly (see [`StartMode::Fenced`]).
     pub async fn start(
+        node_name: &str,
         section: VolumeSection,
         store: Arc<Store>,
         recovery: RecoveryReport,
         start_primary: PrimaryStarter,
     ) -> Result<Arc<Slot>, NodeError> {
         let dir = section.journal_dir();
-        let role = match role::load(&dir)? {
+        let record = match role::load(&dir)? {
             Some(r) => {
                 if r.role != section.role {
                     tracing::warn!(volume = %section.name, configured = %section.role, persisted = %r.role, reason = %r.reason,
                         "starting in the PERSISTED role, not the configured one (the configured role is only where a new volume starts)");
                 }
-                r.role
+                r
             }
-            None => role::store(&dir, section.role, "first start: the configured role")?.role,
+            None => role::store(&dir, section.role, "first start: the configured role")?,
         };
+        let role = record.role;
         let slot = Arc::new(Slot {
             name: section.name.clone(),
+            node_name: node_name.to_owned(),
             section,
             store,
             recovery: Mutex::new(Some(recovery)),
@@ -91,6 +100,7 @@ impl Slot {
             start_primary,
             split_brain: Mutex::new(None),
             last_status: Mutex::new(None),
+            role_record: Mutex::new(record),
             changing: tokio::sync::Mutex::new(()),
         });
         if role == VolumeRole::Primary {
@@ -100,10 +110,38 @@ impl Slot {
             } else {
                 StartMode::Continue
             };
-            let p = (slot.start_primary)(slot.store.clone(), recovery, mode).await?;
+            let since = crate::lock(&slot.role_record).changed_at_ns;
+            let p = (slot.start_primary)(slot.store.clone(), recovery, mode, since).await?;
+            slot.watch_victim(&p);
             *slot.engine.write().await = Engine::Primary(p);
         }
         Ok(slot)
+    }
+
+    /// A split-brain policy may pick this primary to give its changes up
+    /// (found by one of its peer sessions): it then steps down as if an
+    /// operator ran `resync --discard-local`.
+    fn watch_victim(self: &Arc<Self>, p: &Arc<Primary>) {
+        let mut notice = p.victim_notice();
+        let slot = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Ends with the primary (its sender is dropped).
+            let Ok(why) = notice.wait_for(|v| v.is_some()).await.map(|v| v.clone()) else {
+                return;
+            };
+            let Some(slot) = slot.upgrade() else { return };
+            tracing::error!(volume = %slot.name, reason = ?why, "split-brain policy: this node's changes since the fork are discarded");
+            if let Err(e) = slot.discard_local().await {
+                tracing::error!(volume = %slot.name, error = %e, "discarding this node's changes failed");
+            }
+        });
+    }
+
+    /// Writes the role record and keeps it for status.
+    fn persist_role(&self, role: VolumeRole, why: &str) -> Result<(), String> {
+        let r = role::store(&self.section.journal_dir(), role, why).map_err(|e| e.to_string())?;
+        *crate::lock(&self.role_record) = r;
+        Ok(())
     }
 
     /// The arbiter the listener asks before serving a primary.
@@ -176,7 +214,7 @@ impl Slot {
 
     /// `driftless promote`: see docs/failover.md for what is refused and
     /// what `force` overrides.
-    pub async fn promote(&self, force: bool) -> Result<String, String> {
+    pub async fn promote(self: &Arc<Self>, force: bool) -> Result<String, String> {
         let _one = self.changing.lock().await;
         let mut engine = self.engine.write().await;
         if let Engine::Primary(p) = &*engine {
@@ -229,19 +267,19 @@ impl Slot {
             l.end_session().await;
         }
         let recovery = self.take_recovery();
-        let p = (self.start_primary)(self.store.clone(), recovery, StartMode::Promote)
+        let since = role::now_ns();
+        let p = (self.start_primary)(self.store.clone(), recovery, StartMode::Promote, since)
             .await
             .map_err(|e| e.to_string())?;
-        role::store(
-            &self.section.journal_dir(),
+        self.persist_role(
             VolumeRole::Primary,
             if force {
                 "promoted by force"
             } else {
                 "promoted"
             },
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
+        self.watch_victim(&p);
         let generation = j.generation();
         *engine = Engine::Primary(p);
         let mut text = format!(
@@ -302,8 +340,7 @@ impl Slot {
             text += &format!("; dropping the peers' journal consumers failed: {e}");
         }
         *engine = Engine::Secondary;
-        role::store(&self.section.journal_dir(), VolumeRole::Secondary, why)
-            .map_err(|e| e.to_string())?;
+        self.persist_role(VolumeRole::Secondary, why)?;
         let written = self.store.journal().written_lsn();
         if behind.is_empty() {
             text += &format!("; every peer holds LSN {written}");
@@ -353,31 +390,31 @@ impl Slot {
     }
 
     /// Another primary's Hello reached the listener.
-    async fn admit(&self, hello: &Hello) -> Result<(), (RefuseCode, String)> {
+    async fn admit(&self, hello: &Hello) -> Result<(), Refusal> {
         let meeting = match &*self.engine.read().await {
             Engine::Secondary => return Ok(()),
             Engine::Primary(p) => {
                 let m = p.meet(hello);
                 if let Meeting::SplitBrain { fork_lsn } = &m {
-                    let changed = p.changed_regions_since(*fork_lsn).await.ok().flatten();
-                    let found = SplitBrainStatus {
+                    let facts = p.split_brain_facts(*fork_lsn).await;
+                    let known = |n: u64| (n != u64::MAX).then_some(n);
+                    let mut sb = crate::lock(&self.split_brain);
+                    let same = sb
+                        .as_ref()
+                        .filter(|s| s.peer == hello.node_id && s.fork_lsn == *fork_lsn);
+                    if same.is_none() {
+                        tracing::error!(volume = %self.name, peer = %hello.node_id, fork_lsn, changed_regions = ?known(facts.changed_regions), policy = %self.section.split_brain_policy,
+                            "SPLIT BRAIN: both nodes wrote after their histories forked");
+                    }
+                    let peer_changed_regions = same.and_then(|s| s.peer_changed_regions);
+                    *sb = Some(SplitBrainStatus {
                         peer: hello.node_id.clone(),
                         fork_lsn: *fork_lsn,
-                        changed_regions: changed,
-                    };
-                    let mut sb = crate::lock(&self.split_brain);
-                    if sb.as_ref() != Some(&found) {
-                        tracing::error!(volume = %self.name, peer = %hello.node_id, fork_lsn, changed_regions = ?changed,
-                            "SPLIT BRAIN: both nodes wrote after their histories forked; nothing is moved until `driftless resync VOLUME --discard-local` on the node whose changes are given up");
-                    }
-                    *sb = Some(found);
-                    let changed = changed.map_or("an unknown number of".into(), |n| n.to_string());
-                    return Err((
-                        RefuseCode::LineageDiverged,
-                        format!(
-                            "split brain: both primaries wrote after the fork at LSN {fork_lsn}; this node changed {changed} regions since; resolve with `driftless resync VOLUME --discard-local` on the node to overwrite"
-                        ),
-                    ));
+                        changed_regions: known(facts.changed_regions),
+                        peer_changed_regions,
+                        policy: self.section.split_brain_policy.to_string(),
+                    });
+                    return Err(Refusal::SplitBrain(facts));
                 }
                 m
             }
@@ -385,13 +422,32 @@ impl Slot {
         match meeting {
             Meeting::StepDown { reason } => {
                 let _one = self.changing.lock().await;
-                self.step_down(&reason, false)
-                    .await
-                    .map(drop)
-                    .map_err(|e| (RefuseCode::NotAllowed, format!("stepping down failed: {e}")))
+                self.step_down(&reason, false).await.map(drop).map_err(|e| {
+                    Refusal::Refuse(RefuseCode::NotAllowed, format!("stepping down failed: {e}"))
+                })
             }
-            Meeting::Refuse { code, reason } => Err((code, reason)),
+            Meeting::Refuse { code, reason } => Err(Refusal::Refuse(code, reason)),
             Meeting::SplitBrain { .. } => unreachable!("answered above"),
+        }
+    }
+
+    /// The other primary's side of the split brain `admit` found; when it
+    /// decided (it has the smaller name) and picked this node, this node
+    /// gives its changes up.
+    async fn settle(&self, caller: &str, theirs: SplitBrainFacts) {
+        let known = (theirs.changed_regions != u64::MAX).then_some(theirs.changed_regions);
+        if let Some(s) = crate::lock(&self.split_brain)
+            .as_mut()
+            .filter(|s| s.peer == caller)
+        {
+            s.peer_changed_regions = known;
+        }
+        if theirs.victim == self.node_name {
+            tracing::error!(volume = %self.name, peer = caller, policy = %self.section.split_brain_policy,
+                "split-brain policy: this node's changes since the fork are discarded");
+            if let Err(e) = self.discard_local().await {
+                tracing::error!(volume = %self.name, error = %e, "discarding this node's changes failed");
+            }
         }
     }
 
@@ -423,7 +479,22 @@ impl Arbiter for SlotArbiter {
         Box::pin(async move {
             match self.0.upgrade() {
                 Some(slot) => slot.admit(hello).await,
-                None => Err((RefuseCode::NotAllowed, "the volume is closing".into())),
+                None => Err(Refusal::Refuse(
+                    RefuseCode::NotAllowed,
+                    "the volume is closing".into(),
+                )),
+            }
+        })
+    }
+
+    fn settle<'a>(
+        &'a self,
+        caller: &'a str,
+        theirs: SplitBrainFacts,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if let Some(slot) = self.0.upgrade() {
+                slot.settle(caller, theirs).await;
             }
         })
     }

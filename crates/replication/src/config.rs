@@ -82,6 +82,55 @@ pub enum ResyncCompare {
     Never,
 }
 
+/// What happens when two primaries find they both wrote after their
+/// histories forked (DRBD's after-split-brain policies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitBrainPolicy {
+    /// Nothing moves; both show `split-brain` until an operator runs
+    /// `resync --discard-local` on one of them.
+    Disconnect,
+    /// The side that changed no region since the fork is discarded.
+    DiscardZeroChanges,
+    /// The side that changed fewer regions is discarded (a tie: nothing).
+    DiscardLeastChanges,
+    /// The side that became primary later is discarded.
+    DiscardYoungerPrimary,
+    /// The side that became primary earlier is discarded.
+    DiscardOlderPrimary,
+}
+
+impl SplitBrainPolicy {
+    pub const ALL: [SplitBrainPolicy; 5] = [
+        SplitBrainPolicy::Disconnect,
+        SplitBrainPolicy::DiscardZeroChanges,
+        SplitBrainPolicy::DiscardLeastChanges,
+        SplitBrainPolicy::DiscardYoungerPrimary,
+        SplitBrainPolicy::DiscardOlderPrimary,
+    ];
+
+    /// The wire's number for it.
+    pub fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.to_u8() == v)
+    }
+}
+
+impl std::fmt::Display for SplitBrainPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            SplitBrainPolicy::Disconnect => "disconnect",
+            SplitBrainPolicy::DiscardZeroChanges => "discard-zero-changes",
+            SplitBrainPolicy::DiscardLeastChanges => "discard-least-changes",
+            SplitBrainPolicy::DiscardYoungerPrimary => "discard-younger-primary",
+            SplitBrainPolicy::DiscardOlderPrimary => "discard-older-primary",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
     /// The peer's node name = the name in its certificate (TLS server name).
@@ -123,6 +172,10 @@ pub struct PrimaryConfig {
     pub resync_compare: ResyncCompare,
     /// Resync pacing and window.
     pub resync: ResyncLimits,
+    pub split_brain_policy: SplitBrainPolicy,
+    /// When this node last became primary (ns since the Unix epoch): what
+    /// the younger/older-primary policies compare.
+    pub primary_since_ns: u64,
 }
 
 impl PrimaryConfig {
@@ -148,6 +201,8 @@ impl PrimaryConfig {
                 min_rate_bytes_per_sec: 10 << 20,
                 max_inflight_bytes: 16 << 20,
             },
+            split_brain_policy: SplitBrainPolicy::Disconnect,
+            primary_since_ns: 0,
         }
     }
 

@@ -29,18 +29,18 @@ mod status;
 
 pub use config::{
     InitialSync, PeerConfig, PeerMode, PrimaryConfig, ResyncCompare, ResyncLimits, SecondaryConfig,
-    SyncPeerLossPolicy, TransportKind,
+    SplitBrainPolicy, SyncPeerLossPolicy, TransportKind,
 };
 pub use error::{BatchError, EngineError, SessionError};
 pub use journal::Lsn;
 pub use primary::{Primary, StartMode};
-pub use secondary::{Admission, Arbiter, Secondary};
+pub use secondary::{Admission, Arbiter, Refusal, Secondary};
 pub use status::{
     ConnectionState, DiskState, GenerationStatus, JobKindStatus, JobStatus, PeerStatus,
     ResyncReport, SplitBrainStatus, SyncGate, UpstreamStatus, VerifyReport, VolumeRole,
     VolumeStatus,
 };
-pub use wire::{Hello, LineageEntry, RefuseCode};
+pub use wire::{Hello, LineageEntry, RefuseCode, SplitBrainFacts};
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -24,7 +24,7 @@ use crate::proto::primary::{
     Content, End, Event, JobKind, JobOutcome, JobSpec, Origin, PrimarySession, SessionConfig,
     Snapshot,
 };
-use crate::proto::verdict::{primary_verdict, PrimaryFacts, PrimaryVerdict};
+use crate::proto::verdict::{primary_verdict, split_brain_victim, PrimaryFacts, PrimaryVerdict};
 use crate::status::{
     ConnectionState, DiskState, JobKindStatus, JobStatus, ResyncReport, VerifyReport,
 };
@@ -47,6 +47,9 @@ pub(crate) struct Inner {
     pub fence: watch::Sender<Option<Fence>>,
     /// Serializes lifting the fence (it starts a generation first).
     pub unfencing: tokio::sync::Mutex<()>,
+    /// Set when a split-brain policy picked this node to give its changes
+    /// since the fork up (why): the node steps down.
+    pub victim: watch::Sender<Option<String>>,
 }
 
 /// A new generation id: random, never 0.
@@ -113,6 +116,36 @@ impl Inner {
             {
                 tracing::error!(error = %e, "lifting the fence failed; writes stay refused");
             }
+        }
+    }
+
+    /// Regions this node's records from `lsn` on touched; `None` when the
+    /// journal no longer holds them all.
+    pub async fn changed_regions_since(&self, lsn: Lsn) -> Result<Option<u64>, crate::EngineError> {
+        let j = self.store.journal();
+        let Some(records) = j.records_since(lsn).await? else {
+            return Ok(None);
+        };
+        let mut touched = DirtyBitmap::new(self.store.volume().size_bytes(), j.region_bytes());
+        for r in records.iter().filter(|r| r.length > 0) {
+            touched.mark(r.offset, r.length);
+        }
+        Ok(Some(touched.count()))
+    }
+
+    /// This primary's side of a split brain at `fork_lsn`.
+    pub async fn split_brain_facts(&self, fork_lsn: Lsn) -> wire::SplitBrainFacts {
+        wire::SplitBrainFacts {
+            fork_lsn,
+            changed_regions: self
+                .changed_regions_since(fork_lsn)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(u64::MAX),
+            primary_since_ns: self.cfg.primary_since_ns,
+            policy: self.cfg.split_brain_policy.to_u8(),
+            victim: String::new(),
         }
     }
 
@@ -451,6 +484,9 @@ async fn session(
         }
         Ok(Err(e)) => return SessionEnd::Failed(format!("handshake: {}", describe(&e))),
         Ok(Ok(Message::HelloAck(h))) => h,
+        Ok(Ok(Message::SplitBrain(theirs))) => {
+            return split_brain(inner, &mut c, &cfg.name, theirs).await;
+        }
         Ok(Ok(Message::Refuse { code, text })) => {
             let disk = if code == RefuseCode::LineageDiverged && text.contains("split brain") {
                 DiskState::SplitBrain
@@ -633,6 +669,52 @@ async fn session(
         guard.linger(LINGER).await;
     }
     end
+}
+
+/// The peer is a primary too and both wrote since the fork: our facts in
+/// return. Of the two connections between a pair, the one dialed by the
+/// node with the smaller name decides, so one decision is taken however
+/// the two race; the decision travels in our answer.
+async fn split_brain(
+    inner: &Inner,
+    c: &mut conn::Conn,
+    peer: &str,
+    theirs: wire::SplitBrainFacts,
+) -> SessionEnd {
+    let mut ours = inner.split_brain_facts(theirs.fork_lsn).await;
+    let me = inner.cfg.node_id.as_str();
+    let victim = if me < peer {
+        split_brain_victim(inner.cfg.split_brain_policy, &ours, me, &theirs, peer)
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    ours.victim = victim.clone().unwrap_or_default();
+    let _ = c.writer.send(&Message::SplitBrain(ours.clone())).await;
+    c.guard.linger(LINGER).await;
+    let count = |n: u64| {
+        if n == u64::MAX {
+            "an unknown number of".to_string()
+        } else {
+            n.to_string()
+        }
+    };
+    let mut why = format!(
+        "split brain with primary {peer}: both wrote after the fork at LSN {}; {peer} changed {} regions since, this node {} (policy {})",
+        theirs.fork_lsn,
+        count(theirs.changed_regions),
+        count(ours.changed_regions),
+        inner.cfg.split_brain_policy
+    );
+    match victim.as_deref() {
+        Some(v) if v == me => {
+            why += "; the policy discards THIS node's changes";
+            inner.victim.send_replace(Some(why.clone()));
+        }
+        Some(v) => why += &format!("; the policy discards {v}'s changes"),
+        None => {}
+    }
+    SessionEnd::Refused(why, DiskState::SplitBrain)
 }
 
 /// Starts a resync of the peer: its consumer streams from where the resync

@@ -164,6 +164,7 @@ impl Primary {
             closed: AtomicBool::new(false),
             fence: watch::Sender::new(fence),
             unfencing: tokio::sync::Mutex::new(()),
+            victim: watch::Sender::new(None),
             cfg,
         });
         if inner.peers.is_empty() {
@@ -246,19 +247,16 @@ impl Primary {
         primary_meeting(&lineage, j.written_lsn(), self.fenced().is_some(), remote)
     }
 
-    /// Regions this node's records from `lsn` on touched; `None` when the
-    /// journal no longer holds them all.
-    pub async fn changed_regions_since(&self, lsn: Lsn) -> Result<Option<u64>, EngineError> {
-        let j = self.inner.store.journal();
-        let Some(records) = j.records_since(lsn).await? else {
-            return Ok(None);
-        };
-        let mut touched =
-            DirtyBitmap::new(self.inner.store.volume().size_bytes(), j.region_bytes());
-        for r in records.iter().filter(|r| r.length > 0) {
-            touched.mark(r.offset, r.length);
-        }
-        Ok(Some(touched.count()))
+    /// This primary's side of a split brain at `fork_lsn` (changed
+    /// regions `u64::MAX` when the journal no longer holds them all).
+    pub async fn split_brain_facts(&self, fork_lsn: Lsn) -> wire::SplitBrainFacts {
+        self.inner.split_brain_facts(fork_lsn).await
+    }
+
+    /// Fires when a split-brain policy picked this node to give its changes
+    /// up (why); the node then steps down.
+    pub fn victim_notice(&self) -> watch::Receiver<Option<String>> {
+        self.inner.victim.subscribe()
     }
 
     /// An operator lifts the fence without every peer's confirmation.

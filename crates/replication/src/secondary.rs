@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use transport::{QuicEndpoint, TcpTlsListener, TransportError};
 use wire::{
-    ByeCode, Hello, LineageEntry, LineageOrder, Message, RefuseCode, Role, Rollback, SyncOp,
-    SyncOpKind, WireRecord,
+    ByeCode, Hello, LineageEntry, LineageOrder, Message, RefuseCode, Role, Rollback,
+    SplitBrainFacts, SyncOp, SyncOpKind, WireRecord,
 };
 
 use crate::config::{SecondaryConfig, TransportKind};
@@ -64,10 +64,19 @@ struct Seen {
     streaming: bool,
 }
 
+/// Why an [`Arbiter`] turns a primary away.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    Refuse(RefuseCode, String),
+    /// Both primaries wrote since their histories forked: the two sides'
+    /// facts are exchanged (`Message::SplitBrain`), then the arbiter is told
+    /// the caller's with [`Arbiter::settle`].
+    SplitBrain(SplitBrainFacts),
+}
+
+type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 /// The future an [`Arbiter`] answers with.
-pub type Admission<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(), (RefuseCode, String)>> + Send + 'a>,
->;
+pub type Admission<'a> = Boxed<'a, Result<(), Refusal>>;
 
 /// Decides whether this node may serve a primary that connects, by role:
 /// the node that owns the volume's role (a primary refuses, or first steps
@@ -75,6 +84,9 @@ pub type Admission<'a> = std::pin::Pin<
 /// check and before the history verdict.
 pub trait Arbiter: Send + Sync + 'static {
     fn admit<'a>(&'a self, hello: &'a Hello) -> Admission<'a>;
+    /// The caller's side of a split brain this node's `admit` found (it
+    /// may name this node as the one to give its changes up).
+    fn settle<'a>(&'a self, caller: &'a str, theirs: SplitBrainFacts) -> Boxed<'a, ()>;
 }
 
 struct Inner {
@@ -429,10 +441,35 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
         return note_error(&inner, format!("{from}: refused: {why}"));
     }
     if let Some(arbiter) = &inner.arbiter {
-        if let Err((code, why)) = arbiter.admit(&hello).await {
-            refuse(&mut c, code, &why).await;
-            tracing::warn!(primary = %hello.node_id, reason = %why, "refused primary");
-            return note_error(&inner, format!("{from}: refused: {why}"));
+        match arbiter.admit(&hello).await {
+            Ok(()) => {}
+            Err(Refusal::Refuse(code, why)) => {
+                refuse(&mut c, code, &why).await;
+                tracing::warn!(primary = %hello.node_id, reason = %why, "refused primary");
+                return note_error(&inner, format!("{from}: refused: {why}"));
+            }
+            Err(Refusal::SplitBrain(ours)) => {
+                let fork = ours.fork_lsn;
+                let _ = c.writer.send(&Message::SplitBrain(ours)).await;
+                match tokio::time::timeout(t, c.reader.recv()).await {
+                    Ok(Ok(Message::SplitBrain(theirs))) if theirs.fork_lsn == fork => {
+                        arbiter.settle(&hello.node_id, theirs).await;
+                    }
+                    other => tracing::warn!(
+                        primary = %hello.node_id,
+                        answer = ?other.map(|r| r.map(|m| m.message_type())),
+                        "no split-brain facts in return"
+                    ),
+                }
+                c.writer.shutdown().await;
+                c.guard.linger(LINGER).await;
+                return note_error(
+                    &inner,
+                    format!(
+                        "{from}: split brain: both primaries wrote after the fork at LSN {fork}"
+                    ),
+                );
+            }
         }
     }
     // The history verdict before the one-session check: a primary of an

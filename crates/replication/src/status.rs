@@ -217,6 +217,10 @@ pub struct SplitBrainStatus {
     /// Regions this node changed since the fork (`None`: its journal no
     /// longer holds all of those records).
     pub changed_regions: Option<u64>,
+    /// The same for the peer, once it said (`None`: not yet, or unknown).
+    pub peer_changed_regions: Option<u64>,
+    /// This node's `split_brain_policy`.
+    pub policy: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,8 +17,8 @@ pub use frame::{
 pub use lineage::{check_hello, compare_lineage, LineageOrder, Mismatch};
 pub use message::{
     ByeCode, DataState, Hello, LineageEntry, Message, MessageType, RecordKind, RefuseCode, Role,
-    Rollback, SyncOp, SyncOpKind, WireRecord, LINEAGE_ENTRY_BYTES, RECORD_HEADER_BYTES,
-    SYNC_OP_HEADER_BYTES,
+    Rollback, SplitBrainFacts, SyncOp, SyncOpKind, WireRecord, LINEAGE_ENTRY_BYTES,
+    RECORD_HEADER_BYTES, SYNC_OP_HEADER_BYTES,
 };
 
 /// Frame magic: the bytes `DRLS` on the wire.

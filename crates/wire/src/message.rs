@@ -13,6 +13,7 @@ pub enum MessageType {
     Hello = 0x0001,
     HelloAck = 0x0002,
     Refuse = 0x0003,
+    SplitBrain = 0x0004,
     Records = 0x0010,
     Ack = 0x0011,
     Flush = 0x0012,
@@ -34,6 +35,7 @@ impl MessageType {
             0x0001 => Self::Hello,
             0x0002 => Self::HelloAck,
             0x0003 => Self::Refuse,
+            0x0004 => Self::SplitBrain,
             0x0010 => Self::Records,
             0x0011 => Self::Ack,
             0x0012 => Self::Flush,
@@ -415,10 +417,30 @@ pub enum Message {
         offset: u64,
         len: u64,
     },
+    /// Two primaries whose histories forked at `fork_lsn`, both written
+    /// since: each side's facts for the split-brain policy (the acceptor's
+    /// first, then the connector's, which names the `victim` when its policy
+    /// picks one; empty: nothing moves).
+    SplitBrain(SplitBrainFacts),
     Bye {
         code: ByeCode,
         text: String,
     },
+}
+
+/// One side of a split brain (see [`Message::SplitBrain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitBrainFacts {
+    pub fork_lsn: u64,
+    /// Regions the sender changed since the fork; `u64::MAX`: unknown (its
+    /// journal no longer holds them all).
+    pub changed_regions: u64,
+    /// When the sender last became primary (ns since the Unix epoch).
+    pub primary_since_ns: u64,
+    /// The sender's configured policy (the engine's numbering).
+    pub policy: u8,
+    /// The node whose changes since the fork are given up, or empty.
+    pub victim: String,
 }
 
 impl Message {
@@ -427,6 +449,7 @@ impl Message {
             Message::Hello(_) => MessageType::Hello,
             Message::HelloAck(_) => MessageType::HelloAck,
             Message::Refuse { .. } => MessageType::Refuse,
+            Message::SplitBrain(_) => MessageType::SplitBrain,
             Message::Records { .. } => MessageType::Records,
             Message::Ack { .. } => MessageType::Ack,
             Message::Flush { .. } => MessageType::Flush,
@@ -749,6 +772,13 @@ pub(crate) fn encode_payload(
             w.put_u64(*seq);
             w.put_u64(*offset);
             w.put_u64(*len);
+        }
+        Message::SplitBrain(f) => {
+            w.put_u64(f.fork_lsn);
+            w.put_u64(f.changed_regions);
+            w.put_u64(f.primary_since_ns);
+            w.put_u8(f.policy);
+            put_text(w, "split_brain.victim", &f.victim, crate::MAX_NODE_ID_BYTES)?;
         }
         Message::Bye { code, text } => {
             w.put_u16(code.to_u16());
@@ -1157,6 +1187,13 @@ pub(crate) fn decode_payload(
             check_range(offset, len).map_err(|reason| malformed("verify_mismatch", reason))?;
             Message::VerifyMismatch { seq, offset, len }
         }
+        MessageType::SplitBrain => Message::SplitBrain(SplitBrainFacts {
+            fork_lsn: r.u64("split_brain.fork_lsn")?,
+            changed_regions: r.u64("split_brain.changed_regions")?,
+            primary_since_ns: r.u64("split_brain.primary_since_ns")?,
+            policy: r.u8("split_brain.policy")?,
+            victim: r.text("split_brain.victim", crate::MAX_NODE_ID_BYTES)?,
+        }),
         MessageType::Bye => Message::Bye {
             code: ByeCode::from_u16(r.u16("bye.code")?),
             text: r.text("bye.text", max_text)?,

@@ -856,6 +856,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
             durable_lsn: d,
             journaled_lsn: a
         }),
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u8>(),
+            "[a-z0-9.-]{0,20}"
+        )
+            .prop_map(
+                |(fork_lsn, changed_regions, primary_since_ns, policy, victim)| {
+                    Message::SplitBrain(crate::SplitBrainFacts {
+                        fork_lsn,
+                        changed_regions,
+                        primary_since_ns,
+                        policy,
+                        victim,
+                    })
+                }
+            ),
         any::<u64>().prop_map(|lsn| Message::Flush { lsn }),
         any::<u64>().prop_map(|lsn| Message::FlushAck { lsn }),
         any::<u64>().prop_map(|nonce| Message::Ping { nonce }),

@@ -705,3 +705,48 @@ fn a_peer_older_than_a_forced_promotion_of_an_inconsistent_copy_is_compared_in_f
     let r = plan(primary_verdict(&facts(&p), &older));
     assert!(r.full && r.compare && r.rollback_from.is_none());
 }
+
+#[test]
+fn split_brain_policies_pick_one_victim_the_same_from_both_sides() {
+    use crate::config::SplitBrainPolicy as P;
+    let facts = |changed: u64, since: u64, policy: P| wire::SplitBrainFacts {
+        fork_lsn: 9,
+        changed_regions: changed,
+        primary_since_ns: since,
+        policy: policy.to_u8(),
+        victim: String::new(),
+    };
+    let cases = [
+        (P::Disconnect, (3, 10), (0, 20), None),
+        (P::DiscardZeroChanges, (3, 10), (0, 20), Some("b")),
+        (P::DiscardZeroChanges, (3, 10), (2, 20), None),
+        (P::DiscardZeroChanges, (0, 10), (0, 20), None),
+        (P::DiscardLeastChanges, (3, 10), (2, 20), Some("b")),
+        (P::DiscardLeastChanges, (3, 10), (3, 20), None),
+        // Unknown (the journal lost the records) is never the fewest.
+        (P::DiscardLeastChanges, (u64::MAX, 10), (7, 20), Some("b")),
+        (P::DiscardYoungerPrimary, (2, 10), (3, 20), Some("b")),
+        (P::DiscardOlderPrimary, (2, 10), (3, 20), Some("a")),
+        (P::DiscardOlderPrimary, (2, 10), (3, 10), None),
+    ];
+    for (policy, (ac, asince), (bc, bsince), want) in cases {
+        let (a, b) = (facts(ac, asince, policy), facts(bc, bsince, policy));
+        assert_eq!(
+            split_brain_victim(policy, &a, "a", &b, "b"),
+            want,
+            "{policy} a"
+        );
+        assert_eq!(
+            split_brain_victim(policy, &b, "b", &a, "a"),
+            want,
+            "{policy} b"
+        );
+    }
+    // Different policies on the two sides: nothing moves.
+    let a = facts(3, 10, P::DiscardLeastChanges);
+    let b = facts(2, 20, P::DiscardOlderPrimary);
+    assert_eq!(
+        split_brain_victim(P::DiscardLeastChanges, &a, "a", &b, "b"),
+        None
+    );
+}

@@ -20,9 +20,10 @@
 use journal::Lsn;
 use wire::{
     check_hello, compare_lineage, DataState, Hello, LineageOrder, Mismatch, RefuseCode, Role,
+    SplitBrainFacts,
 };
 
-use crate::config::InitialSync;
+use crate::config::{InitialSync, SplitBrainPolicy};
 use crate::status::DiskState;
 
 /// Why a secondary or primary refuses.
@@ -381,5 +382,35 @@ pub fn primary_meeting(
             code: RefuseCode::UnrelatedData,
             reason: format!("{who} is a primary of an unrelated history of this volume"),
         },
+    }
+}
+
+/// Which side of a split brain gives its changes up under `policy`, from
+/// both sides' facts (`None`: nothing moves). Both sides must run the same
+/// policy: with different ones nothing moves. Ties move nothing.
+pub fn split_brain_victim<'a>(
+    policy: SplitBrainPolicy,
+    local: &'a SplitBrainFacts,
+    local_name: &'a str,
+    remote: &'a SplitBrainFacts,
+    remote_name: &'a str,
+) -> Option<&'a str> {
+    if SplitBrainPolicy::from_u8(remote.policy) != Some(policy) {
+        return None;
+    }
+    let pick = |local_loses: bool, remote_loses: bool| match (local_loses, remote_loses) {
+        (true, false) => Some(local_name),
+        (false, true) => Some(remote_name),
+        _ => None,
+    };
+    // u64::MAX is "unknown": never fewer, never zero.
+    let (l, r) = (local.changed_regions, remote.changed_regions);
+    let (ls, rs) = (local.primary_since_ns, remote.primary_since_ns);
+    match policy {
+        SplitBrainPolicy::Disconnect => None,
+        SplitBrainPolicy::DiscardZeroChanges => pick(l == 0, r == 0),
+        SplitBrainPolicy::DiscardLeastChanges => pick(l < r, r < l),
+        SplitBrainPolicy::DiscardYoungerPrimary => pick(ls > rs, rs > ls),
+        SplitBrainPolicy::DiscardOlderPrimary => pick(ls < rs, rs < ls),
     }
 }
