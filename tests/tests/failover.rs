@@ -13,7 +13,9 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use harness::checker::{check_acked, check_flushed, read_blocks, Workload, WorkloadCfg};
+use harness::checker::{
+    check_acked, check_flushed, check_sane, read_blocks, Workload, WorkloadCfg,
+};
 use harness::cluster::{
     assert_same_files, file_digest, wait_caught_up, wait_for, Member, NodeProc, Site, MIB, VOLUME,
 };
@@ -319,6 +321,9 @@ fn unplanned_failover_then_the_old_primary_comes_back_fenced_and_only_diverged_r
         )
     });
     let flushed = check_flushed(&contents, &record).unwrap();
+    // Every block holds a whole write of the history (none torn, none
+    // foreign).
+    check_sane(&contents, &record.history).unwrap();
     // beta takes writes, beyond the workload's blocks.
     let out = qemu_write(&beta, &[64 * MIB, 80 * MIB], 2 * REGION, 7);
     assert!(
