@@ -311,6 +311,7 @@ mod tests {
                         split_brain: None,
                         discarding_local: false,
                         configured_role: None,
+                        role_reason: None,
                     },
                 }],
             }

@@ -28,6 +28,9 @@ pub fn render(status: &NodeStatus) -> String {
             s.checkpoint_lsn,
             s.sync_peer_loss_policy.as_deref().unwrap_or("-")
         );
+        if let Some(why) = &s.role_reason {
+            let _ = writeln!(out, "  role {}: {why}", s.role);
+        }
         if let Some(c) = s.configured_role.filter(|c| *c != s.role) {
             let _ = writeln!(
                 out,
@@ -250,6 +253,7 @@ mod tests {
             split_brain: None,
             discarding_local: false,
             configured_role: None,
+            role_reason: None,
         }
     }
 

@@ -156,10 +156,6 @@ impl Slot {
         );
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     /// What the first primary start acts on: what opening the store found
     /// (later starts find nothing).
     fn take_recovery(&self) -> RecoveryReport {
@@ -208,6 +204,7 @@ impl Slot {
         }
         drop(sb);
         st.configured_role = Some(self.section.role);
+        st.role_reason = Some(crate::lock(&self.role_record).reason.clone());
         *crate::lock(&self.last_status) = Some(st.clone());
         Some(st)
     }

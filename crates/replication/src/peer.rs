@@ -681,6 +681,25 @@ async fn split_brain(
     peer: &str,
     theirs: wire::SplitBrainFacts,
 ) -> SessionEnd {
+    // A decision to discard rests on these: the peer must be the one
+    // configured, and its fork a point of our own history.
+    if c.peer_name != peer {
+        return SessionEnd::Refused(
+            format!(
+                "split-brain facts from {:?}, not the configured {peer:?}",
+                c.peer_name
+            ),
+            DiskState::Unknown,
+        );
+    }
+    let written = inner.store.journal().written_lsn();
+    if theirs.fork_lsn == 0 || theirs.fork_lsn > written + 1 {
+        return SessionEnd::Failed(format!(
+            "protocol: split-brain fork at LSN {} is outside this node's history (1..={})",
+            theirs.fork_lsn,
+            written + 1
+        ));
+    }
     let mut ours = inner.split_brain_facts(theirs.fork_lsn).await;
     let me = inner.cfg.node_id.as_str();
     let victim = if me < peer {

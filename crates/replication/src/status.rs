@@ -201,6 +201,9 @@ pub struct VolumeStatus {
     /// is the one this node holds now (persisted).
     #[serde(default)]
     pub configured_role: Option<VolumeRole>,
+    /// Why this node holds its role (the last role change, persisted).
+    #[serde(default)]
+    pub role_reason: Option<String>,
     /// Secondary: the operator gave this copy's changes since the fork up
     /// (`resync --discard-local`); the next primary rolls them back.
     #[serde(default)]
@@ -309,5 +312,6 @@ pub(crate) fn volume_status(store: &Store, role: VolumeRole, disk: DiskState) ->
         split_brain: None,
         discarding_local: false,
         configured_role: None,
+        role_reason: None,
     }
 }
