@@ -724,3 +724,25 @@ fn each_automatic_split_brain_policy_discards_the_side_it_names_and_only_changed
         }
     }
 }
+
+#[test]
+fn a_node_started_with_another_nodes_certificate_refuses_to_start_naming_both() {
+    let _serial = serial();
+    let site = Site::temp().unwrap();
+    let members = [Member::new("alpha", SYNC, TCP).unwrap()];
+    let mut c = site
+        .config(
+            "alpha",
+            site.mesh_volume(&members[0], &members, SIZE, VolumeRole::Primary),
+        )
+        .unwrap();
+    c.tls = site.pki.tls("beta").unwrap();
+    let err = match site.start(&c) {
+        Ok(_) => panic!("alpha started with beta's certificate"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("names node \"beta\"") && err.contains("node.name is \"alpha\""),
+        "{err}"
+    );
+}

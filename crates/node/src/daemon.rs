@@ -123,6 +123,17 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
         )
         .map_err(NodeError::Tls)?,
     );
+    // Peers check the Hello's name against the certificate: a node started
+    // with another node's certificate would be refused by every peer.
+    if tls.name() != config.node.name {
+        return Err(NodeError::Config(format!(
+            "[tls] cert {} names node {:?}, but node.name is {:?}: each node needs its own certificate (`driftless cert node --name {}`)",
+            config.tls.cert.display(),
+            tls.name(),
+            config.node.name,
+            config.node.name
+        )));
+    }
     let quic = config.quic.tuning();
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut node = Node {

@@ -29,7 +29,7 @@ pub enum TransportError {
     InvalidServerName(String),
 
     /// The peer's certificate does not chain to our configured CA.
-    #[error("peer certificate rejected: unknown CA ({detail}); is the peer's certificate signed by the CA in our ca_pem?")]
+    #[error("peer certificate rejected: unknown CA ({detail}); is the peer's certificate signed by the CA in our CA file ([tls] ca)?")]
     UnknownCa { detail: String },
 
     /// The peer's certificate is valid but carries none of the allowed names.

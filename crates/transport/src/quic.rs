@@ -155,22 +155,16 @@ impl QuicEndpoint {
         };
         // Linux grants min(asked, net.core.*mem_max) and reports twice that (the
         // doubled value covers its bookkeeping), so a clamp shows as less than 2x.
-        let reported = |asked: usize| {
-            if cfg!(target_os = "linux") {
-                asked.saturating_mul(2)
-            } else {
-                asked
-            }
-        };
-        if buffers.recv_bytes < reported(tuning.udp_recv_buffer_bytes)
-            || buffers.send_bytes < reported(tuning.udp_send_buffer_bytes)
+        let factor = if cfg!(target_os = "linux") { 2 } else { 1 };
+        if buffers.recv_bytes < tuning.udp_recv_buffer_bytes.saturating_mul(factor)
+            || buffers.send_bytes < tuning.udp_send_buffer_bytes.saturating_mul(factor)
         {
             tracing::warn!(
                 asked_send_bytes = tuning.udp_send_buffer_bytes,
                 asked_recv_bytes = tuning.udp_recv_buffer_bytes,
-                got_send_bytes = buffers.send_bytes,
-                got_recv_bytes = buffers.recv_bytes,
-                "kernel clamped UDP socket buffers; raise net.core.wmem_max/rmem_max for long fat links"
+                granted_send_bytes = buffers.send_bytes / factor,
+                granted_recv_bytes = buffers.recv_bytes / factor,
+                "kernel clamped UDP socket buffers below what was asked; raise net.core.wmem_max/rmem_max for long fat links"
             );
         }
 
