@@ -52,6 +52,29 @@ fn start(site: &Site, me: &Member, members: &[Member], primary: &str) -> NodePro
         .unwrap_or_else(|e| panic!("starting {}: {e}", me.name))
 }
 
+/// alpha and its sync peer beta over TCP+TLS, at fixed ports.
+fn pair() -> [Member; 2] {
+    [
+        Member::new("alpha", SYNC, TCP).unwrap(),
+        Member::new("beta", SYNC, TCP).unwrap(),
+    ]
+}
+
+/// alpha (primary), beta (sync, TCP+TLS) and dr (async, QUIC), started and
+/// caught up.
+fn three_sites(site: &Site) -> [NodeProc; 3] {
+    let members = [
+        Member::new("alpha", SYNC, TCP).unwrap(),
+        Member::new("beta", SYNC, TCP).unwrap(),
+        Member::new("dr", ASYNC, QUIC).unwrap(),
+    ];
+    let beta = start(site, &members[1], &members, "alpha");
+    let dr = start(site, &members[2], &members, "alpha");
+    let alpha = start(site, &members[0], &members, "alpha");
+    wait_caught_up(&alpha, &["beta", "dr"], &[&beta, &dr], CATCH_UP).unwrap();
+    [alpha, beta, dr]
+}
+
 /// `driftless <args> --socket <node's control socket>`.
 fn cli(node: &NodeProc, args: &[&str]) -> Output {
     run(
@@ -169,15 +192,7 @@ fn planned_switchover_and_back_under_fio_verify_resyncs_nothing() {
     let _serial = serial();
     require_tool("fio");
     let site = Site::temp().unwrap();
-    let members = [
-        Member::new("alpha", SYNC, TCP).unwrap(),
-        Member::new("beta", SYNC, TCP).unwrap(),
-        Member::new("dr", ASYNC, QUIC).unwrap(),
-    ];
-    let mut beta = start(&site, &members[1], &members, "alpha");
-    let mut dr = start(&site, &members[2], &members, "alpha");
-    let mut alpha = start(&site, &members[0], &members, "alpha");
-    wait_caught_up(&alpha, &["beta", "dr"], &[&beta, &dr], CATCH_UP).unwrap();
+    let [mut alpha, mut beta, mut dr] = three_sites(&site);
     let initial = (resyncs_into(&beta), resyncs_into(&dr));
 
     fio(&alpha, "on-alpha", &["--rw=randwrite", "--offset=0"]);
@@ -278,10 +293,7 @@ fn unplanned_failover_then_the_old_primary_comes_back_fenced_and_only_diverged_r
     require_tool("qemu-io");
     let kill_after = Duration::from_millis(rand::thread_rng().gen_range(400..1200));
     let site = Site::temp().unwrap();
-    let members = [
-        Member::new("alpha", SYNC, TCP).unwrap(),
-        Member::new("beta", SYNC, TCP).unwrap(),
-    ];
+    let members = pair();
     let mut beta = start(&site, &members[1], &members, "alpha");
     let mut alpha = start(&site, &members[0], &members, "alpha");
     wait_caught_up(&alpha, &["beta"], &[&beta], CATCH_UP).unwrap();
@@ -365,15 +377,7 @@ fn three_sites_dr_re_pairs_with_the_promoted_metro_peer_without_a_full_copy() {
     let _serial = serial();
     require_tool("qemu-io");
     let site = Site::temp().unwrap();
-    let members = [
-        Member::new("alpha", SYNC, TCP).unwrap(),
-        Member::new("beta", SYNC, TCP).unwrap(),
-        Member::new("dr", ASYNC, QUIC).unwrap(),
-    ];
-    let mut beta = start(&site, &members[1], &members, "alpha");
-    let mut dr = start(&site, &members[2], &members, "alpha");
-    let mut alpha = start(&site, &members[0], &members, "alpha");
-    wait_caught_up(&alpha, &["beta", "dr"], &[&beta, &dr], CATCH_UP).unwrap();
+    let [mut alpha, mut beta, mut dr] = three_sites(&site);
 
     // 16 MiB of 4 KiB blocks written under FLUSHes, then alpha dies: the
     // DR copy lags (or leads beta: it may hold records beta never got).
@@ -456,10 +460,7 @@ struct SplitBrain {
 
 fn split_brain(policy: &str, on_alpha: &[u64], on_beta: &[u64]) -> SplitBrain {
     let site = Site::temp().unwrap();
-    let members = [
-        Member::new("alpha", SYNC, TCP).unwrap(),
-        Member::new("beta", SYNC, TCP).unwrap(),
-    ];
+    let members = pair();
     let to_alpha = ProxyProc::start(&site.dir, Protocol::Tcp, members[0].address, None).unwrap();
     let to_beta = ProxyProc::start(&site.dir, Protocol::Tcp, members[1].address, None).unwrap();
     let config = |i: usize, via: &ProxyProc| {
@@ -597,10 +598,7 @@ fn promote_is_refused_with_a_connected_primary_and_on_an_inconsistent_copy_force
     let _serial = serial();
     require_tool("qemu-io");
     let site = Site::temp().unwrap();
-    let members = [
-        Member::new("alpha", SYNC, TCP).unwrap(),
-        Member::new("beta", SYNC, TCP).unwrap(),
-    ];
+    let members = pair();
     // alpha holds 24 MiB before beta first connects; its initial sync is
     // slowed down so it can be caught in the middle.
     let mut va = site.mesh_volume(&members[0], &members, SIZE, VolumeRole::Primary);

@@ -52,14 +52,27 @@ pub(crate) struct Inner {
     pub victim: watch::Sender<Option<String>>,
 }
 
-/// A new generation id: random, never 0.
-pub(crate) fn random_generation() -> u64 {
-    loop {
+/// Starts a new generation (a random id, never 0) at the next LSN and logs
+/// it with `why`: every fork point of the history is in the log.
+pub(crate) async fn new_generation(
+    store: &Store,
+    unknown_before: bool,
+    why: &str,
+) -> Result<(), crate::EngineError> {
+    let id = loop {
         let id = uuid::Uuid::new_v4().as_u64_pair().0;
         if id != 0 {
-            return id;
+            break id;
         }
-    }
+    };
+    let at = store.journal().start_generation(id, unknown_before).await?;
+    tracing::warn!(
+        generation = format_args!("{id:#x}"),
+        start_lsn = at,
+        unknown_before,
+        "{why}: a new generation begins"
+    );
+    Ok(())
 }
 
 /// Why writes are refused, and what each peer said so far.
@@ -119,30 +132,19 @@ impl Inner {
         }
     }
 
-    /// Regions this node's records from `lsn` on touched; `None` when the
-    /// journal no longer holds them all.
-    pub async fn changed_regions_since(&self, lsn: Lsn) -> Result<Option<u64>, crate::EngineError> {
-        let j = self.store.journal();
-        let Some(records) = j.records_since(lsn).await? else {
-            return Ok(None);
-        };
-        let mut touched = DirtyBitmap::new(self.store.volume().size_bytes(), j.region_bytes());
-        for r in records.iter().filter(|r| r.length > 0) {
-            touched.mark(r.offset, r.length);
-        }
-        Ok(Some(touched.count()))
-    }
-
     /// This primary's side of a split brain at `fork_lsn`.
     pub async fn split_brain_facts(&self, fork_lsn: Lsn) -> wire::SplitBrainFacts {
         wire::SplitBrainFacts {
             fork_lsn,
-            changed_regions: self
-                .changed_regions_since(fork_lsn)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(u64::MAX),
+            // Unknown when the journal no longer holds those records.
+            changed_regions: match self.store.regions_written_since(fork_lsn).await {
+                Ok(Some(touched)) => touched.count(),
+                Ok(None) => u64::MAX,
+                Err(e) => {
+                    tracing::warn!(error = %e, "counting the regions changed since the fork failed");
+                    u64::MAX
+                }
+            },
             primary_since_ns: self.cfg.primary_since_ns,
             policy: self.cfg.split_brain_policy.to_u8(),
             victim: String::new(),
@@ -155,15 +157,13 @@ impl Inner {
         if self.fence.borrow().is_none() {
             return Ok(());
         }
-        let id = random_generation();
-        let at = self.store.journal().start_generation(id, false).await?;
+        new_generation(
+            &self.store,
+            false,
+            &format!("fence lifted ({why}): writes accepted"),
+        )
+        .await?;
         self.fence.send_replace(None);
-        tracing::warn!(
-            generation = format_args!("{id:#x}"),
-            start_lsn = at,
-            reason = why,
-            "fence lifted: writes accepted, a new generation begins"
-        );
         Ok(())
     }
 }

@@ -26,7 +26,7 @@ use crate::config::{PeerMode, PrimaryConfig};
 use crate::conn;
 use crate::error::EngineError;
 use crate::lock;
-use crate::peer::{self, random_generation, Command, Fence, Inner, Peer};
+use crate::peer::{self, Command, Fence, Inner, Peer};
 use crate::proto::gate::{decide, Decision, Need, SyncState};
 use crate::proto::lag::LagTracker;
 use crate::proto::verdict::{primary_meeting, Meeting};
@@ -87,23 +87,10 @@ impl Primary {
                 journal.set_inconsistent(false).await?;
                 tracing::error!("FORCED promotion of an INCONSISTENT copy: it is now the volume's history, whatever it holds; every peer is compared in full");
             }
-            let id = random_generation();
-            let at = journal.start_generation(id, unknown_before).await?;
-            tracing::warn!(
-                generation = format_args!("{id:#x}"),
-                start_lsn = at,
-                "promoted: a new generation begins"
-            );
+            peer::new_generation(&store, unknown_before, "promoted").await?;
         } else if journal.lineage().is_empty() {
             let unknown_before = store.holds_data().await?;
-            let id = random_generation();
-            let at = journal.start_generation(id, unknown_before).await?;
-            tracing::info!(
-                generation = format_args!("{id:#x}"),
-                start_lsn = at,
-                unknown_before,
-                "first generation of this volume's history"
-            );
+            peer::new_generation(&store, unknown_before, "first of this volume's history").await?;
         } else if recovery.activity.unclean && mode == StartMode::Fenced {
             tracing::warn!(
                 "unclean stop: writes are refused until every peer confirms it holds no newer history (or `driftless promote --force`)"
@@ -117,13 +104,7 @@ impl Primary {
             // The journal may have lost a tail a sync peer holds, and the
             // volume may hold writes whose records were lost: a new history
             // from here, and the hot ranges compared with every peer.
-            let id = random_generation();
-            let at = journal.start_generation(id, false).await?;
-            tracing::warn!(
-                generation = format_args!("{id:#x}"),
-                start_lsn = at,
-                "unclean restart: a new generation begins"
-            );
+            peer::new_generation(&store, false, "unclean restart").await?;
         }
         if !recovery.activity.pinned.is_empty() {
             let mut hot = DirtyBitmap::new(store.volume().size_bytes(), journal.region_bytes());

@@ -851,13 +851,8 @@ async fn begin_resync(
     let rollback = match rollback_from {
         None => Rollback::None,
         Some(from) if from > j.written_lsn() => Rollback::Listed { ranges: 0 },
-        Some(from) => match j.records_since(from).await {
-            Ok(Some(records)) => {
-                let mut touched =
-                    journal::DirtyBitmap::new(store.volume().size_bytes(), j.region_bytes());
-                for r in records.iter().filter(|r| r.length > 0) {
-                    touched.mark(r.offset, r.length);
-                }
+        Some(from) => match store.regions_written_since(from).await {
+            Ok(Some(touched)) => {
                 let mut ranges = 0;
                 let mut next = 0;
                 while let Some(first) = touched.next_dirty(next) {

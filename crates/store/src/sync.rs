@@ -9,7 +9,7 @@
 //! target applies it after every older write and before every newer one.
 
 use bytes::Bytes;
-use journal::Lsn;
+use journal::{DirtyBitmap, Lsn};
 
 use crate::error::StoreError;
 use crate::store::Store;
@@ -110,6 +110,21 @@ impl Store {
                 "applying a resync write at {offset}+{len} to the volume failed: {err}"
             ))
         })
+    }
+
+    /// The regions the journal's records from `lsn` on wrote, trimmed or
+    /// zeroed; `None` when the journal no longer holds them all. What a
+    /// copy rolls back, and what a split brain counts.
+    pub async fn regions_written_since(&self, lsn: Lsn) -> Result<Option<DirtyBitmap>, StoreError> {
+        let j = self.journal();
+        let Some(records) = j.records_since(lsn).await? else {
+            return Ok(None);
+        };
+        let mut touched = DirtyBitmap::new(self.volume.size_bytes(), j.region_bytes());
+        for r in records.iter().filter(|r| r.length > 0) {
+            touched.mark(r.offset, r.length);
+        }
+        Ok(Some(touched))
     }
 
     /// Whether the volume holds any data (a block device always may).
