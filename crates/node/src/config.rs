@@ -35,6 +35,10 @@ pub struct Node {
     pub name: String,
     /// Control socket for `driftless status` (created mode 0600).
     pub control_socket: PathBuf,
+    /// Serves Prometheus text at `/metrics` on this address (off when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -494,6 +498,7 @@ impl NodeConfig {
             node: Node {
                 name: name.into(),
                 control_socket,
+                metrics_listen: None,
             },
             tls,
             quic: QuicSection::default(),

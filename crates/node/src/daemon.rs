@@ -20,7 +20,7 @@ use crate::error::NodeError;
 use crate::nbd::{bind_export, shutdown_signal, SocketGuard};
 use crate::open::{open_store, open_volume, StoreSpec};
 use crate::slot::{PrimaryStarter, Slot};
-use crate::targets::JournaledTarget;
+use crate::targets::{DataPath, JournaledTarget};
 
 pub fn run(config_path: &std::path::Path) -> Result<(), NodeError> {
     let config = NodeConfig::load(config_path)?;
@@ -233,6 +233,26 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
     }
 
     let node = Arc::new(node);
+    let metrics = match config.node.metrics_listen {
+        Some(addr) => {
+            let slots = node.volumes.clone();
+            let gather: crate::metrics::Gather = Arc::new(move || {
+                slots
+                    .iter()
+                    .filter_map(|slot| {
+                        let status = slot.status()?;
+                        Some(crate::metrics::Sample {
+                            volume: slot.name.clone(),
+                            journal: DataPath::store(slot.as_ref()).journal().stats(),
+                            status,
+                        })
+                    })
+                    .collect()
+            });
+            Some(crate::metrics::serve(addr, gather).await?)
+        }
+        None => None,
+    };
     let (control, control_guard) = crate::control::bind(&config.node.control_socket)?;
     let control_task = tokio::spawn(crate::control::serve(control, node.clone()));
     println!(
@@ -247,6 +267,9 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
         let _ = export.await;
     }
     control_task.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     drop(control_guard);
     for slot in &node.volumes {
         slot.shutdown().await;
