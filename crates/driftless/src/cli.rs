@@ -144,7 +144,10 @@ pub enum CertCommand {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Create NAME.pem and NAME.key in DIR, signed by the CA in --ca-dir.
+    /// Create NAME.pem and NAME.key in DIR, signed by the CA in --ca-dir,
+    /// and copy the CA's ca.pem into DIR beside them (where [tls] ca
+    /// expects it; an existing different ca.pem is an error). ca.key is
+    /// never copied.
     Node {
         #[arg(long)]
         name: String,

@@ -5,6 +5,10 @@
 mod cli;
 mod ops;
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
+use anyhow::Context;
 use clap::Parser;
 use node::control;
 
@@ -130,13 +134,78 @@ fn cert(cmd: cli::CertCommand) -> anyhow::Result<()> {
                 cert_pem: ca_dir.join("ca.pem"),
                 key_pem: ca_dir.join("ca.key"),
             };
+            // Refuse a conflicting ca.pem before anything is created.
+            let ca_copy = ca_pem_copy(&ca.cert_pem, &ca_dir, &dir)?;
             let node = transport::create_node_cert(&ca, &name, &dir)?;
-            println!(
-                "created {} and {}",
-                node.cert_pem.display(),
-                node.key_pem.display()
-            );
+            println!("created {} (certificate)", node.cert_pem.display());
+            println!("created {} (key, mode 0600)", node.key_pem.display());
+            match ca_copy {
+                CaCopy::SameDir => {
+                    println!("CA certificate {} (same directory)", ca.cert_pem.display())
+                }
+                CaCopy::AlreadyThere(to) => {
+                    println!("CA certificate {} (already there, identical)", to.display())
+                }
+                CaCopy::Copy(to, pem) => {
+                    // create_new: a ca.pem that appeared meanwhile is not overwritten.
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o644)
+                        .open(&to)
+                        .and_then(|mut f| f.write_all(&pem))
+                        .with_context(|| {
+                            format!("copying {} to {}", ca.cert_pem.display(), to.display())
+                        })?;
+                    println!(
+                        "copied {} to {} (CA certificate; ca.key stays in {})",
+                        ca.cert_pem.display(),
+                        to.display(),
+                        ca_dir.display()
+                    );
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// Where the CA certificate goes for a node whose certificate is created in
+/// `dir`: the deploy configs name `ca.pem` next to the node's cert and key.
+enum CaCopy {
+    /// `dir` is the CA directory: ca.pem is already beside the node's files.
+    SameDir,
+    /// `dir` holds a ca.pem with the same content.
+    AlreadyThere(std::path::PathBuf),
+    /// Write the CA certificate (these bytes) here: nothing is there yet.
+    Copy(std::path::PathBuf, Vec<u8>),
+}
+
+/// Decides [`CaCopy`]; a different ca.pem already in `dir` is an error
+/// naming it (never overwritten: it may be another cluster's CA). The CA key
+/// is never copied.
+fn ca_pem_copy(
+    ca_pem: &std::path::Path,
+    ca_dir: &std::path::Path,
+    dir: &std::path::Path,
+) -> anyhow::Result<CaCopy> {
+    let ca_dir_real = ca_dir
+        .canonicalize()
+        .with_context(|| format!("CA directory {}", ca_dir.display()))?;
+    if dir.canonicalize().is_ok_and(|d| d == ca_dir_real) {
+        return Ok(CaCopy::SameDir);
+    }
+    let to = dir.join("ca.pem");
+    let ca = std::fs::read(ca_pem).with_context(|| format!("reading {}", ca_pem.display()))?;
+    match std::fs::read(&to) {
+        Ok(existing) if existing == ca => Ok(CaCopy::AlreadyThere(to)),
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not the CA certificate {}: not overwriting it \
+             (another CA's certificate?); move it away or use another --dir",
+            to.display(),
+            ca_pem.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CaCopy::Copy(to, ca)),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", to.display()))),
+    }
 }
