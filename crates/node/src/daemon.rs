@@ -260,8 +260,13 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
         config.node.name,
         config.node.control_socket.display()
     );
-
-    shutdown_signal().await;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let ready = format!("node {} ready", config.node.name);
+    let polled = crate::notify::ready_when_stoppable(shutdown.as_mut(), &ready).await;
+    if polled.is_pending() {
+        shutdown.await;
+    }
+    crate::notify::stopping();
     let _ = stop_tx.send(true);
     for export in exports {
         let _ = export.await;

@@ -10,6 +10,7 @@ pub mod daemon;
 mod error;
 mod metrics;
 pub mod nbd;
+pub mod notify;
 pub mod open;
 pub mod render;
 mod role;

@@ -162,8 +162,17 @@ async fn serve_target<T: BlockTarget>(args: &ServeArgs, target: Arc<T>) -> Resul
     for uri in &bound.uris {
         println!("serving {uri}");
     }
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let ready = format!("serving {}", bound.uris.join(" "));
+    let polled = crate::notify::ready_when_stoppable(shutdown.as_mut(), &ready).await;
+    if polled.is_ready() {
+        return Ok(());
+    }
     server
-        .run(bound.listeners, shutdown_signal())
+        .run(bound.listeners, async {
+            shutdown.await;
+            crate::notify::stopping();
+        })
         .await
         .map_err(NodeError::Nbd)?;
     tracing::info!("all connections closed");
