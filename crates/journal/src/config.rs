@@ -9,6 +9,16 @@ use crate::error::JournalError;
 use crate::format::SEGMENT_HEADER_BYTES;
 use crate::record::{MAX_RECORD_PAYLOAD_BYTES, RECORD_HEADER_BYTES};
 
+/// What the journal's writer reports as it works, for metrics. Called on
+/// the writer thread: an implementation must be quick and never block.
+pub trait Observer: Send + Sync + std::fmt::Debug {
+    /// One group-commit batch was written: `records` records of `bytes`
+    /// bytes in all (headers included).
+    fn batch_written(&self, records: usize, bytes: u64);
+    /// One fdatasync of a segment returned after `took` (failed or not).
+    fn fdatasync(&self, took: Duration);
+}
+
 /// Journal tunables. Every limit carries its unit in its name.
 #[derive(Clone, Debug)]
 pub struct JournalConfig {
@@ -33,6 +43,8 @@ pub struct JournalConfig {
     pub full_wait_timeout: Duration,
     /// Space pressure is signalled once live segments use this many bytes.
     pub pressure_bytes: u64,
+    /// Told of every batch and fdatasync (metrics); none by default.
+    pub observer: Option<std::sync::Arc<dyn Observer>>,
 }
 
 impl JournalConfig {
@@ -50,6 +62,7 @@ impl JournalConfig {
             max_pending_bytes: 64 << 20,
             full_wait_timeout: Duration::from_secs(30),
             pressure_bytes: capacity_bytes / 4 * 3,
+            observer: None,
         }
     }
 

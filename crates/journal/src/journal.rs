@@ -312,6 +312,12 @@ impl Journal {
     }
 
     /// Highest LSN such that every volume write up to it completed.
+    /// Why the journal refuses appends and syncs (an fdatasync or write
+    /// failed), until it is opened again; `None` while it works.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.inner.state).failed.clone()
+    }
+
     pub fn applied_lsn(&self) -> Lsn {
         lock(&self.inner.applied).watermark
     }

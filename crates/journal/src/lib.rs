@@ -35,7 +35,7 @@ mod tests;
 pub type Lsn = u64;
 
 pub use bitmap::DirtyBitmap;
-pub use config::{JournalConfig, VolumeIdentity};
+pub use config::{JournalConfig, Observer, VolumeIdentity};
 pub use consumer::{Consumer, DirtyInfo, ReadBatch, ResyncStart};
 pub use error::JournalError;
 pub use format::GenerationEntry;

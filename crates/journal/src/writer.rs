@@ -11,6 +11,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::config::Observer;
 use crate::error::JournalError;
 use crate::format::SEGMENT_HEADER_BYTES;
 use crate::record::{encode_header, payload_crc, payload_digest, RecordKind, RECORD_HEADER_BYTES};
@@ -175,6 +176,10 @@ pub(crate) fn writer_main(inner: Arc<Inner>, mut cur: Option<CurrentSeg>) {
                 "LSNs are written in order"
             );
             let (n_ok, err) = write_batch(&inner, &mut cur, &batch, synced, written_before);
+            if let (Some(o), true) = (&cfg.observer, n_ok > 0) {
+                let bytes = batch[..n_ok].iter().map(|p| p.encoded_len() as u64).sum();
+                o.batch_written(n_ok, bytes);
+            }
             if n_ok > 0 {
                 let last = batch[n_ok - 1].lsn;
                 {
@@ -241,7 +246,7 @@ pub(crate) fn writer_main(inner: Arc<Inner>, mut cur: Option<CurrentSeg>) {
         let res = if inner.fail_next_sync.swap(false, Ordering::SeqCst) {
             Err(std::io::Error::from_raw_os_error(libc::EIO))
         } else {
-            c.info.file.sync_data()
+            timed_sync(inner.cfg.observer.as_deref(), &c.info.file)
         };
         inner.counters.fdatasyncs.fetch_add(1, Ordering::Relaxed);
         match res {
@@ -257,6 +262,16 @@ pub(crate) fn writer_main(inner: Arc<Inner>, mut cur: Option<CurrentSeg>) {
             }
         }
     }
+}
+
+/// fdatasync of a segment, timed for the observer.
+fn timed_sync(observer: Option<&dyn Observer>, file: &std::fs::File) -> std::io::Result<()> {
+    let start = Instant::now();
+    let res = file.sync_data();
+    if let Some(o) = observer {
+        o.fdatasync(start.elapsed());
+    }
+    res
 }
 
 /// Writes `batch` (one pwritev per segment touched). Returns how many
@@ -281,7 +296,7 @@ pub(crate) fn write_batch(
                 // The finished segment is synced once, so syncs only ever
                 // need the current file.
                 if c.unsynced {
-                    if let Err(e) = c.info.file.sync_data() {
+                    if let Err(e) = timed_sync(inner.cfg.observer.as_deref(), &c.info.file) {
                         let path = c.info.path.clone();
                         return (
                             i,

@@ -46,6 +46,10 @@ pub struct Store {
     /// A volume write or fsync failed: the volume no longer matches the
     /// journal, so every later request fails until a restart redoes it.
     failed: Mutex<Option<String>>,
+    /// When a checkpoint last found or left the journal checkpointed up to
+    /// every applied record (for metrics: a growing age means checkpoints
+    /// fail or stall, and recovery would redo more).
+    checkpointed_at: Mutex<std::time::Instant>,
     checkpoint_now: Arc<Notify>,
     /// The journal was created by this open (no history yet).
     created: bool,
@@ -124,6 +128,7 @@ impl Store {
             activity,
             fast_zero_unavailable: AtomicBool::new(false),
             failed: Mutex::new(None),
+            checkpointed_at: Mutex::new(std::time::Instant::now()),
             checkpoint_now: Arc::new(Notify::new()),
             created,
         });
@@ -169,6 +174,20 @@ impl Store {
             self.activity.close_clean().await?;
         }
         Ok(lsn)
+    }
+
+    /// Why every request fails (a volume write or fsync failed, or the
+    /// journal failed), until a restart redoes the journal; `None` while
+    /// the store works.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.failed)
+            .clone()
+            .or_else(|| self.journal.failure())
+    }
+
+    /// How long since a checkpoint last covered every applied record.
+    pub fn checkpoint_age(&self) -> Duration {
+        lock(&self.checkpointed_at).elapsed()
     }
 
     pub(crate) fn check_failed(&self) -> Result<(), StoreError> {
@@ -279,6 +298,7 @@ impl Store {
     pub async fn checkpoint(&self) -> Result<Lsn, StoreError> {
         self.check_failed()?;
         if self.journal.applied_lsn() <= self.journal.checkpoint_lsn() {
+            *lock(&self.checkpointed_at) = std::time::Instant::now();
             return Ok(self.journal.applied_lsn());
         }
         self.sync_checkpoint().await
@@ -298,6 +318,7 @@ impl Store {
         if lsn > self.journal.checkpoint_lsn() {
             self.journal.checkpoint(lsn).await?;
         }
+        *lock(&self.checkpointed_at) = std::time::Instant::now();
         Ok(lsn)
     }
 

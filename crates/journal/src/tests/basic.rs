@@ -360,3 +360,56 @@ fn append_throughput() {
     assert_eq!(s.records, n);
     let _ = Duration::ZERO;
 }
+
+/// Counts what the writer reports.
+#[derive(Debug, Default)]
+struct Counting {
+    batches: std::sync::atomic::AtomicU64,
+    records: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+}
+
+impl crate::Observer for Counting {
+    fn batch_written(&self, records: usize, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.batches.fetch_add(1, Relaxed);
+        self.records.fetch_add(records as u64, Relaxed);
+        self.bytes.fetch_add(bytes, Relaxed);
+    }
+
+    fn fdatasync(&self, took: Duration) {
+        assert!(took < Duration::from_secs(60));
+        self.syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn the_observer_sees_every_record_byte_and_fdatasync() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = small_cfg(d.path());
+    let seen = Arc::new(Counting::default());
+    cfg.observer = Some(seen.clone());
+    let (j, _) = open(&cfg).unwrap();
+    rt().block_on(async {
+        for i in 0..50u64 {
+            let off = (i * 4096) % (VOL_BYTES - 4096);
+            j.append(NewRecord::write(off, payload(1024, i as u8)))
+                .await
+                .unwrap();
+            if i % 10 == 9 {
+                j.sync(j.written_lsn()).await.unwrap();
+            }
+        }
+    });
+    let stats = j.stats();
+    assert_eq!(seen.records.load(Relaxed), 50);
+    assert_eq!(seen.bytes.load(Relaxed), stats.bytes_written);
+    assert!(seen.batches.load(Relaxed) >= 1);
+    // Every data fdatasync (at least one per sync asked for); the count
+    // also holds the syncs of new segment files, which are not timed.
+    let syncs = seen.syncs.load(Relaxed);
+    assert!(syncs >= 5 && syncs <= stats.fdatasyncs, "{syncs} {stats:?}");
+}
