@@ -89,6 +89,18 @@ impl TargetError {
             TargetError::Invalid(_) => e::EINVAL,
         }
     }
+
+    /// The name of [`TargetError::nbd_error`]'s code, lowercase ("eio").
+    pub fn nbd_error_name(&self) -> &'static str {
+        use crate::proto::error as e;
+        match self.nbd_error() {
+            e::EPERM => "eperm",
+            e::ENOSPC => "enospc",
+            e::EINVAL => "einval",
+            e::ENOTSUP => "enotsup",
+            _ => "eio",
+        }
+    }
 }
 
 /// A block store behind an NBD export. The server has already checked that
@@ -130,4 +142,25 @@ pub trait BlockTarget: Send + Sync + 'static {
         offset: u64,
         len: u32,
     ) -> impl Future<Output = Result<Vec<Extent>, TargetError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TargetError;
+
+    #[test]
+    fn error_names_follow_the_codes_sent() {
+        let io = |errno| TargetError::Io(std::io::Error::from_raw_os_error(errno));
+        for (err, name) in [
+            (io(libc::EIO), "eio"),
+            (io(libc::ENOSPC), "enospc"),
+            (io(libc::EROFS), "eperm"),
+            (TargetError::ReadOnly, "eperm"),
+            (TargetError::NoSpace, "enospc"),
+            (TargetError::Invalid("x".into()), "einval"),
+            (TargetError::FastZeroUnavailable, "enotsup"),
+        ] {
+            assert_eq!(err.nbd_error_name(), name, "{err}");
+        }
+    }
 }

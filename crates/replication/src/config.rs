@@ -148,6 +148,9 @@ pub struct PeerConfig {
     /// sync after this long: it bounds the lag this adds, and a longer delay
     /// means fewer fdatasyncs on the write path and larger batches.
     pub max_ship_delay: Duration,
+    /// The freshness this peer's copy is held to: status and metrics say
+    /// when its lag (age of the oldest write it lacks) exceeds it.
+    pub rpo_target: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]

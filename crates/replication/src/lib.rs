@@ -37,8 +37,8 @@ pub use primary::{Primary, StartMode};
 pub use secondary::{Admission, Arbiter, Refusal, Secondary};
 pub use status::{
     ConnectionState, DiskState, GenerationStatus, JobKindStatus, JobStatus, PeerStatus,
-    ResyncReport, SplitBrainStatus, SyncGate, UpstreamStatus, VerifyReport, VolumeRole,
-    VolumeStatus,
+    RefusalReason, ResyncReport, SplitBrainStatus, SyncGate, UpstreamStatus, VerifyReport,
+    VolumeRole, VolumeStatus,
 };
 pub use wire::{Hello, LineageEntry, RefuseCode, SplitBrainFacts};
 

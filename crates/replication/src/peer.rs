@@ -26,7 +26,7 @@ use crate::proto::primary::{
 };
 use crate::proto::verdict::{primary_verdict, split_brain_victim, PrimaryFacts, PrimaryVerdict};
 use crate::status::{
-    ConnectionState, DiskState, JobKindStatus, JobStatus, ResyncReport, VerifyReport,
+    ConnectionState, DiskState, JobKindStatus, JobStatus, RefusalReason, ResyncReport, VerifyReport,
 };
 
 /// What the write path (`primary.rs`) and the peer tasks share.
@@ -197,6 +197,12 @@ pub(crate) struct PeerView {
     pub throughput_bytes_per_sec: f64,
     /// Record bytes the current session's peer acknowledged.
     pub acked_bytes_total: u64,
+    /// Since start: record and resync region bytes sent, all sessions.
+    pub shipped_bytes_total: u64,
+    pub resync_bytes_total: u64,
+    /// Sessions established since start.
+    pub sessions: u64,
+    pub refusals: std::collections::BTreeMap<RefusalReason, u64>,
 }
 
 /// An operator's request for a peer.
@@ -239,6 +245,10 @@ impl Peer {
             last_verify: None,
             throughput_bytes_per_sec: 0.0,
             acked_bytes_total: 0,
+            shipped_bytes_total: 0,
+            resync_bytes_total: 0,
+            sessions: 0,
+            refusals: Default::default(),
         };
         (
             Peer {
@@ -262,7 +272,7 @@ struct Pending {
 enum SessionEnd {
     Shutdown,
     Failed(String),
-    Refused(String, DiskState),
+    Refused(String, DiskState, RefusalReason),
     /// Fenced: the handshake only confirmed the peer's history.
     Probed,
 }
@@ -314,8 +324,9 @@ pub(crate) async fn run(
                     v.connection = ConnectionState::Disconnected;
                     v.last_error = Some(e.clone());
                 }
-                SessionEnd::Refused(why, disk) => {
+                SessionEnd::Refused(why, disk, reason) => {
                     tracing::error!(peer = %peer.cfg.name, reason = %why, "peer refused");
+                    *v.refusals.entry(*reason).or_default() += 1;
                     v.connection = ConnectionState::Refused;
                     v.disk = *disk;
                     v.last_error = Some(why.clone());
@@ -459,7 +470,7 @@ async fn session(
         Err(e) => return SessionEnd::Failed(format!("connect task failed: {e}")),
         Ok(Err(_)) => return SessionEnd::Failed(format!("connect timed out after {t:?}")),
         Ok(Ok(Err(e))) if is_auth_error(&e) => {
-            return SessionEnd::Refused(format!("tls: {e}"), DiskState::Unknown)
+            return SessionEnd::Refused(format!("tls: {e}"), DiskState::Unknown, RefusalReason::Tls)
         }
         Ok(Ok(Err(e))) => return SessionEnd::Failed(format!("connect: {}", describe(&e))),
         Ok(Ok(Ok(c))) => c,
@@ -480,7 +491,7 @@ async fn session(
     let remote = match tokio::time::timeout(t, c.reader.recv()).await {
         Err(_) => return SessionEnd::Failed(format!("no HelloAck within {t:?}")),
         Ok(Err(e)) if is_auth_error(&e) => {
-            return SessionEnd::Refused(format!("tls: {e}"), DiskState::Unknown)
+            return SessionEnd::Refused(format!("tls: {e}"), DiskState::Unknown, RefusalReason::Tls)
         }
         Ok(Err(e)) => return SessionEnd::Failed(format!("handshake: {}", describe(&e))),
         Ok(Ok(Message::HelloAck(h))) => h,
@@ -488,11 +499,12 @@ async fn session(
             return split_brain(inner, &mut c, &cfg.name, theirs).await;
         }
         Ok(Ok(Message::Refuse { code, text })) => {
-            let disk = if code == RefuseCode::LineageDiverged && text.contains("split brain") {
-                DiskState::SplitBrain
-            } else {
-                DiskState::Unknown
-            };
+            let (disk, reason) =
+                if code == RefuseCode::LineageDiverged && text.contains("split brain") {
+                    (DiskState::SplitBrain, RefusalReason::SplitBrain)
+                } else {
+                    (DiskState::Unknown, RefusalReason::from(code))
+                };
             if code == RefuseCode::LineageDiverged {
                 inner.fence.send_if_modified(|f| match f {
                     Some(f) => {
@@ -502,7 +514,7 @@ async fn session(
                     None => false,
                 });
             }
-            return SessionEnd::Refused(format!("by peer ({code:?}): {text}"), disk);
+            return SessionEnd::Refused(format!("by peer ({code:?}): {text}"), disk, reason);
         }
         Ok(Ok(other)) => {
             return SessionEnd::Failed(format!(
@@ -571,7 +583,12 @@ async fn session(
                 })
                 .await;
             c.guard.linger(LINGER).await;
-            return SessionEnd::Refused(reason, disk);
+            let why = if disk == DiskState::SplitBrain {
+                RefusalReason::SplitBrain
+            } else {
+                RefusalReason::from(code)
+            };
+            return SessionEnd::Refused(reason, disk, why);
         }
         PrimaryVerdict::Stream { from_lsn } => match consumer.seek(from_lsn) {
             Ok(()) => {
@@ -625,6 +642,7 @@ async fn session(
         v.connection = ConnectionState::Connected;
         v.last_error = None;
         v.acked_bytes_total = 0;
+        v.sessions += 1;
         v.acked_lsn = session.acked_lsn();
         v.durable_lsn = v.durable_lsn.min(session.acked_lsn());
         match session.job_kind() {
@@ -664,6 +682,7 @@ async fn session(
         writer,
     )
     .await;
+    add_sent_bytes(peer, &mut session);
     if matches!(end, SessionEnd::Shutdown) {
         // Let the Bye reach the peer before the QUIC connection closes.
         guard.linger(LINGER).await;
@@ -690,6 +709,7 @@ async fn split_brain(
                 c.peer_name
             ),
             DiskState::Unknown,
+            RefusalReason::IdentityMismatch,
         );
     }
     let written = inner.store.journal().written_lsn();
@@ -733,7 +753,7 @@ async fn split_brain(
         Some(v) => why += &format!("; the policy discards {v}'s changes"),
         None => {}
     }
-    SessionEnd::Refused(why, DiskState::SplitBrain)
+    SessionEnd::Refused(why, DiskState::SplitBrain, RefusalReason::SplitBrain)
 }
 
 /// Starts a resync of the peer: its consumer streams from where the resync
@@ -1230,7 +1250,19 @@ async fn clear(inner: &Inner, peer: &Peer, regions: &mut Vec<u64>) -> Result<(),
         .map_err(|e| format!("clearing resynced regions: {e}"))
 }
 
-fn publish_job(peer: &Peer, session: &PrimarySession, now: Instant) {
+/// Adds what the session sent since the last call to the peer's totals.
+fn add_sent_bytes(peer: &Peer, session: &mut PrimarySession) {
+    let (records, regions) = session.take_sent_bytes();
+    if records + regions > 0 {
+        peer.view.send_modify(|v| {
+            v.shipped_bytes_total += records;
+            v.resync_bytes_total += regions;
+        });
+    }
+}
+
+fn publish_job(peer: &Peer, session: &mut PrimarySession, now: Instant) {
+    add_sent_bytes(peer, session);
     let job = session.progress(now).map(|p| JobStatus {
         kind: match p.kind {
             JobKind::Resync { .. } => JobKindStatus::Resync,
@@ -1254,10 +1286,11 @@ fn publish_job(peer: &Peer, session: &PrimarySession, now: Instant) {
 fn on_progress(
     inner: &Inner,
     peer: &Peer,
-    session: &PrimarySession,
+    session: &mut PrimarySession,
     throughput: &mut Throughput,
     now: Instant,
 ) {
+    add_sent_bytes(peer, session);
     let written = inner.store.journal().written_lsn();
     let (acked, durable) = (session.acked_lsn(), session.durable_lsn());
     let acked_bytes = session.acked_bytes_total();
@@ -1281,6 +1314,6 @@ fn on_progress(
 fn finish(end: End) -> SessionEnd {
     match end {
         End::Failed(e) | End::PeerLeft(e) => SessionEnd::Failed(e),
-        End::Refused(e) => SessionEnd::Refused(e, DiskState::Unknown),
+        End::Refused(code, e) => SessionEnd::Refused(e, DiskState::Unknown, code.into()),
     }
 }

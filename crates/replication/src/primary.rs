@@ -366,6 +366,15 @@ impl Primary {
                     throughput_bytes_per_sec: v.throughput_bytes_per_sec,
                     last_error,
                     dirty_regions: owed,
+                    rpo_target_seconds: p.cfg.rpo_target.map(|t| t.as_secs_f64()),
+                    rpo_breached: p
+                        .cfg
+                        .rpo_target
+                        .is_some_and(|t| lag_seconds > t.as_secs_f64()),
+                    shipped_bytes_total: v.shipped_bytes_total,
+                    resync_bytes_total: v.resync_bytes_total,
+                    reconnects: v.sessions.saturating_sub(1),
+                    refusals: v.refusals.clone(),
                 }
             })
             .collect();

@@ -113,11 +113,99 @@ impl std::fmt::Display for SyncGate {
     }
 }
 
+/// Why a session with a peer was refused (by either side): the label of
+/// `driftless_peer_refusals_total`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The TLS handshake failed on authentication (certificate, CA, name).
+    Tls,
+    UnsupportedVersion,
+    VolumeMismatch,
+    SizeMismatch,
+    RegionSizeMismatch,
+    LineageDiverged,
+    RoleConflict,
+    Busy,
+    NotAllowed,
+    UnrelatedData,
+    IdentityMismatch,
+    /// Both sides wrote after their histories forked.
+    SplitBrain,
+    Other,
+}
+
+impl RefusalReason {
+    pub const ALL: [RefusalReason; 13] = [
+        RefusalReason::Tls,
+        RefusalReason::UnsupportedVersion,
+        RefusalReason::VolumeMismatch,
+        RefusalReason::SizeMismatch,
+        RefusalReason::RegionSizeMismatch,
+        RefusalReason::LineageDiverged,
+        RefusalReason::RoleConflict,
+        RefusalReason::Busy,
+        RefusalReason::NotAllowed,
+        RefusalReason::UnrelatedData,
+        RefusalReason::IdentityMismatch,
+        RefusalReason::SplitBrain,
+        RefusalReason::Other,
+    ];
+}
+
+impl From<wire::RefuseCode> for RefusalReason {
+    fn from(code: wire::RefuseCode) -> Self {
+        use wire::RefuseCode as C;
+        match code {
+            C::UnsupportedVersion => RefusalReason::UnsupportedVersion,
+            C::VolumeMismatch => RefusalReason::VolumeMismatch,
+            C::SizeMismatch => RefusalReason::SizeMismatch,
+            C::RegionSizeMismatch => RefusalReason::RegionSizeMismatch,
+            C::LineageDiverged => RefusalReason::LineageDiverged,
+            C::RoleConflict => RefusalReason::RoleConflict,
+            C::Busy => RefusalReason::Busy,
+            C::NotAllowed => RefusalReason::NotAllowed,
+            C::UnrelatedData => RefusalReason::UnrelatedData,
+            C::IdentityMismatch => RefusalReason::IdentityMismatch,
+            C::Other(_) => RefusalReason::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            RefusalReason::Tls => "tls",
+            RefusalReason::UnsupportedVersion => "unsupported_version",
+            RefusalReason::VolumeMismatch => "volume_mismatch",
+            RefusalReason::SizeMismatch => "size_mismatch",
+            RefusalReason::RegionSizeMismatch => "region_size_mismatch",
+            RefusalReason::LineageDiverged => "lineage_diverged",
+            RefusalReason::RoleConflict => "role_conflict",
+            RefusalReason::Busy => "busy",
+            RefusalReason::NotAllowed => "not_allowed",
+            RefusalReason::UnrelatedData => "unrelated_data",
+            RefusalReason::IdentityMismatch => "identity_mismatch",
+            RefusalReason::SplitBrain => "split_brain",
+            RefusalReason::Other => "other",
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKindStatus {
     Resync,
     Verify,
+}
+
+impl std::fmt::Display for JobKindStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            JobKindStatus::Resync => "resync",
+            JobKindStatus::Verify => "verify",
+        })
+    }
 }
 
 /// A running resync or verify.
@@ -267,6 +355,24 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// Regions owed to the peer (to resync).
     pub dirty_regions: u64,
+    /// The configured `rpo_target`, when one is.
+    #[serde(default)]
+    pub rpo_target_seconds: Option<f64>,
+    /// `lag_seconds` exceeds `rpo_target_seconds`.
+    #[serde(default)]
+    pub rpo_breached: bool,
+    /// Since this node started: record bytes sent to the peer.
+    #[serde(default)]
+    pub shipped_bytes_total: u64,
+    /// Since this node started: region bytes sent by resyncs.
+    #[serde(default)]
+    pub resync_bytes_total: u64,
+    /// Sessions established after the first one since this node started.
+    #[serde(default)]
+    pub reconnects: u64,
+    /// Refused sessions by reason since this node started.
+    #[serde(default)]
+    pub refusals: std::collections::BTreeMap<RefusalReason, u64>,
 }
 
 /// A secondary's view of the primary session it serves.
@@ -280,6 +386,10 @@ pub struct UpstreamStatus {
     pub connected: bool,
     /// A resync into this node runs.
     pub resyncing: bool,
+    /// Since this node started: record and resync bytes received from
+    /// primaries.
+    #[serde(default)]
+    pub received_bytes_total: u64,
 }
 
 /// The volume-level part of a status, from the store; callers fill in the

@@ -108,6 +108,7 @@ fn peer(name: &str, mode: PeerMode, transport: TransportKind, address: SocketAdd
         max_inflight_bytes: 4 << 20,
         max_batch_bytes: 1 << 20,
         max_ship_delay: Duration::from_millis(10),
+        rpo_target: None,
     }
 }
 

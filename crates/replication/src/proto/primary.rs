@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use journal::Lsn;
-use wire::{LineageEntry, Message, Rollback, SyncOp, SyncOpKind, WireRecord};
+use wire::{LineageEntry, Message, RefuseCode, Rollback, SyncOp, SyncOpKind, WireRecord};
 
 use super::lag::Throughput;
 use super::ship::ShipState;
@@ -39,7 +39,7 @@ pub struct SessionConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum End {
     Failed(String),
-    Refused(String),
+    Refused(RefuseCode, String),
     /// The peer said Bye (`Failed` with its words, but not an error here).
     PeerLeft(String),
 }
@@ -209,6 +209,9 @@ pub struct PrimarySession {
     /// Record bytes shipped recently: the application's write rate.
     app_rate: Throughput,
     acked_bytes: u64,
+    /// Record and resync region bytes sent since the driver last took them.
+    sent_record_bytes: u64,
+    sent_region_bytes: u64,
     zero_digest: [u8; 32],
     /// Ranges of the records sent lately (while a job runs), to tell a
     /// stale snapshot: (lsn, offset, len), oldest first, bounded.
@@ -240,6 +243,8 @@ impl PrimarySession {
             nonce: 0,
             app_rate: Throughput::new(RATE_WINDOW),
             acked_bytes: 0,
+            sent_record_bytes: 0,
+            sent_region_bytes: 0,
             zero_digest,
             recent: VecDeque::new(),
         }
@@ -261,6 +266,15 @@ impl PrimarySession {
     /// Record bytes the peer acknowledged in this session.
     pub fn acked_bytes_total(&self) -> u64 {
         self.acked_bytes
+    }
+
+    /// (record bytes, resync region bytes) sent since the last call: the
+    /// driver adds them to its totals across sessions.
+    pub fn take_sent_bytes(&mut self) -> (u64, u64) {
+        (
+            std::mem::take(&mut self.sent_record_bytes),
+            std::mem::take(&mut self.sent_region_bytes),
+        )
     }
 
     pub fn job_kind(&self) -> Option<JobKind> {
@@ -333,6 +347,7 @@ impl PrimarySession {
             .map_err(|e| End::Failed(format!("internal: {e}")))?;
         let bytes: u64 = sizes.iter().map(|s| s.1).sum();
         self.app_rate.record(now, bytes);
+        self.sent_record_bytes += bytes;
         if self.job.is_some() {
             self.recent
                 .extend(records.iter().map(|r| (r.lsn, r.offset, r.len)));
@@ -560,6 +575,7 @@ impl PrimarySession {
     fn release_ops(&mut self, sent: Lsn) {
         let max_batch = self.cfg.max_batch_bytes;
         let next_seq = &mut self.next_seq;
+        let sent_region_bytes = &mut self.sent_region_bytes;
         let Some(job) = self.job.as_mut() else {
             return;
         };
@@ -581,6 +597,7 @@ impl PrimarySession {
             bytes += p.op.data.len() + wire::SYNC_OP_HEADER_BYTES;
             if p.op.kind == SyncOpKind::Data {
                 job.bytes_sent += p.op.len;
+                *sent_region_bytes += p.op.len;
             }
             job.inflight.insert(
                 p.op.seq,
@@ -687,7 +704,7 @@ impl PrimarySession {
                 return Err(End::PeerLeft(format!("peer said bye ({code:?}): {text}")))
             }
             Message::Refuse { code, text } => {
-                return Err(End::Refused(format!("by peer ({code:?}): {text}")))
+                return Err(End::Refused(code, format!("by peer ({code:?}): {text}")))
             }
             other => {
                 return Err(End::Failed(format!(
