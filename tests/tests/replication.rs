@@ -535,15 +535,32 @@ fn hostile_connections_leave_the_secondary_serving_the_real_primary() {
     let mut metro = start_secondary(&site, "metro", size, TCP);
     let addr = metro.tcp.unwrap();
 
-    // Plain garbage where a TLS ClientHello belongs.
-    {
+    // Plain garbage where a TLS ClientHello belongs: refused, and the log
+    // says from where.
+    let garbage_from = {
         use std::io::{Read, Write};
         let mut raw = std::net::TcpStream::connect(addr).unwrap();
         raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = raw.write_all(&[0x42; 4096]);
         let mut sink = Vec::new();
         let _ = raw.read_to_end(&mut sink);
+        raw.local_addr().unwrap()
+    };
+    let named = format!("incoming TCP connection from {garbage_from}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !metro.log_text().contains(&named) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line names the garbage connection ({named}):\n{}",
+            metro.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
+    // Clients that connect and say nothing hold no listener: the real
+    // primary below connects while they wait.
+    let silent: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
     // A valid certificate from the right CA, then junk instead of frames.
     let evil_tls = site.pki.tls("evil").unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -606,8 +623,17 @@ fn hostile_connections_leave_the_secondary_serving_the_real_primary() {
         TCP,
         addr,
     );
+    let started = std::time::Instant::now();
     let mut primary = start(&site, "primary", v);
     wait_up_to_date(&primary, &["metro"], &[&metro]).unwrap();
+    // The handshake timeout (peer_timeout) is 10 s: a listener blocked by a
+    // silent client would take that long.
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the primary took {:?} to connect past silent clients",
+        started.elapsed()
+    );
+    drop(silent);
     let record = write_some(&primary, 300);
     let v = wait_caught_up(&primary, &["metro"], &[&metro], CATCH_UP).unwrap();
     assert!(v.written_lsn >= record.acked(), "{v:#?}");

@@ -100,6 +100,8 @@ struct Inner {
     active: tokio::sync::Mutex<Option<Active>>,
     /// Shown in status: the last primary seen and the last error.
     seen: Mutex<Seen>,
+    /// Record and resync bytes received since start (all sessions).
+    received_bytes: std::sync::atomic::AtomicU64,
     closing: watch::Sender<bool>,
 }
 
@@ -153,6 +155,7 @@ impl Secondary {
             discard_local: Default::default(),
             active: tokio::sync::Mutex::new(None),
             seen: Mutex::new(Seen::default()),
+            received_bytes: Default::default(),
             closing: watch::Sender::new(false),
         });
         let mut tasks = Vec::new();
@@ -200,6 +203,12 @@ impl Secondary {
         };
         let mut st = volume_status(&self.inner.store, VolumeRole::Secondary, disk);
         st.upstream = seen.upstream.clone();
+        if let Some(u) = st.upstream.as_mut() {
+            u.received_bytes_total = self
+                .inner
+                .received_bytes
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
         st.last_error = seen.last_error.clone();
         st
     }
@@ -311,22 +320,94 @@ fn note_error(inner: &Inner, e: String) {
     lock(&inner.seen).last_error = Some(e);
 }
 
+/// TLS handshakes of incoming TCP connections running at once; past this,
+/// new connections are closed at once (and counted in the log).
+const MAX_PENDING_HANDSHAKES: usize = 64;
+/// Failed incoming handshakes (port scans, garbage, wrong certificates) are
+/// logged at most once per this interval, with how many were not.
+const HANDSHAKE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// At most one log line per interval; the lines held back are counted.
+struct LogLimit {
+    interval: Duration,
+    last: Option<Instant>,
+    held_back: u64,
+}
+
+impl LogLimit {
+    fn new(interval: Duration) -> Self {
+        LogLimit {
+            interval,
+            last: None,
+            held_back: 0,
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be
+    /// logged now.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.interval)
+        {
+            self.held_back += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held_back))
+    }
+}
+
 async fn accept_tcp(inner: Arc<Inner>, l: TcpTlsListener) {
     let mut closing = inner.closing.subscribe();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let limit = Arc::new(Mutex::new(LogLimit::new(HANDSHAKE_LOG_INTERVAL)));
     loop {
-        // The TLS handshake runs inside accept: bound it so a silent client
-        // cannot hold the listener.
         let accepted = tokio::select! {
             _ = closing.wait_for(|c| *c) => return,
-            r = tokio::time::timeout(inner.cfg.peer_timeout, l.accept()) => r,
+            r = l.accept_tcp() => r,
         };
-        match accepted {
-            Err(_) => continue,
-            Ok(Err(e)) => note_error(&inner, format!("incoming TCP connection: {e}")),
-            Ok(Ok(c)) => {
-                tokio::spawn(serve(inner.clone(), conn::from_tls(c), TransportKind::Tcp));
+        let incoming = match accepted {
+            Ok(i) => i,
+            Err(e) => {
+                // EMFILE and the like: do not spin.
+                note_error(&inner, format!("incoming TCP connection: {e}"));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
             }
-        }
+        };
+        let from = incoming.peer_addr;
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            if let Some(held) = lock(&limit).allow(Instant::now()) {
+                tracing::warn!(%from, held_back = held, "{MAX_PENDING_HANDSHAKES} TLS handshakes already running: incoming TCP connection closed");
+            }
+            continue;
+        };
+        // Each handshake on its own task, bounded in time: a silent or slow
+        // client never holds the listener.
+        let (inner, limit) = (inner.clone(), limit.clone());
+        tokio::spawn(async move {
+            let t = inner.cfg.peer_timeout;
+            let result = tokio::time::timeout(t, incoming.handshake()).await;
+            drop(permit);
+            let why = match result {
+                Ok(Ok(c)) => {
+                    serve(inner, conn::from_tls(c), TransportKind::Tcp).await;
+                    return;
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no TLS handshake within {t:?}"),
+            };
+            let held = lock(&limit).allow(Instant::now());
+            let what = format!("incoming TCP connection from {from}: {why}");
+            match held {
+                Some(held_back) => {
+                    tracing::warn!(held_back, "replication connection refused: {what} (not a driftless primary with a certificate of this CA?)");
+                    lock(&inner.seen).last_error = Some(what);
+                }
+                None => tracing::debug!("replication connection refused: {what}"),
+            }
+        });
     }
 }
 
@@ -544,6 +625,8 @@ async fn serve(inner: Arc<Inner>, mut c: Conn, transport: TransportKind) {
             address: c.peer_addr.to_string(),
             connected: true,
             resyncing: false,
+            // Filled in by status from the node's total.
+            received_bytes_total: 0,
         }),
         last_error: None,
         streaming: false,
@@ -732,7 +815,13 @@ async fn read_loop(
                         .await
                         .map_err(|source| SessionError::AdoptGeneration { generation, source })?;
                 }
-                Step::Records(records) => admit(store, records, journal_tx).await?,
+                Step::Records(records) => {
+                    let bytes: u64 = records.iter().map(crate::proto::primary::wire_bytes).sum();
+                    inner
+                        .received_bytes
+                        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+                    admit(store, records, journal_tx).await?
+                }
                 Step::Flush(lsn) => {
                     let store = store.clone();
                     let out = out_tx.clone();
@@ -775,6 +864,10 @@ async fn read_loop(
                     let _ = out_tx.send(proto.begun(job, rollback)).await;
                 }
                 Step::Ops(ops) => {
+                    let bytes: u64 = ops.iter().map(|o| o.data.len() as u64).sum();
+                    inner
+                        .received_bytes
+                        .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
                     if journal_tx.send(Journaling::Ops(ops)).await.is_err() {
                         return Err(SessionError::ApplierStopped);
                     }
@@ -1163,4 +1256,22 @@ async fn write_loop(store: Arc<Store>, mut w: MsgWriter, mut rx: mpsc::Receiver<
         }
     }
     w.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::LogLimit;
+
+    #[test]
+    fn log_lines_are_limited_and_those_held_back_counted() {
+        let mut l = LogLimit::new(Duration::from_secs(10));
+        let t = Instant::now();
+        assert_eq!(l.allow(t), Some(0));
+        assert_eq!(l.allow(t + Duration::from_secs(1)), None);
+        assert_eq!(l.allow(t + Duration::from_secs(9)), None);
+        assert_eq!(l.allow(t + Duration::from_secs(10)), Some(2));
+        assert_eq!(l.allow(t + Duration::from_secs(30)), Some(0));
+    }
 }

@@ -15,7 +15,7 @@ pub use classify::classify_tls_error;
 pub use error::{Result, TransportError};
 pub use framed::FramedConn;
 pub use quic::{connect_quic, QuicEndpoint, QuicSession, QuicTuning, UdpBufferSizes};
-pub use tcp::{connect_tcp, TcpTlsListener, TlsConnection, TlsStream};
+pub use tcp::{connect_tcp, IncomingTls, TcpTlsListener, TlsConnection, TlsStream};
 pub use tls::{NameNotAllowedError, TlsIdentity, ALPN};
 
 pub use quinn;

@@ -91,23 +91,50 @@ impl TcpTlsListener {
     /// Accept one connection and run its handshake. A peer that fails
     /// authentication yields an error naming why; the listener stays usable.
     /// The handshake runs inline: callers that must not be stalled by a slow
-    /// peer should wrap this in a timeout or accept on a dedicated task.
+    /// peer use [`TcpTlsListener::accept_tcp`] and run each handshake on its
+    /// own task.
     pub async fn accept(&self) -> Result<TlsConnection> {
+        self.accept_tcp().await?.handshake().await
+    }
+
+    /// Accept one TCP connection; its TLS handshake is still to run.
+    pub async fn accept_tcp(&self) -> Result<IncomingTls> {
         let (tcp, peer_addr) = self.listener.accept().await.map_err(io_err("TCP accept"))?;
         tune_socket(&tcp)?;
+        Ok(IncomingTls {
+            tcp,
+            peer_addr,
+            acceptor: self.acceptor.clone(),
+            allowed: self.identity.allowed_names().map(<[String]>::to_vec),
+        })
+    }
+}
+
+/// An accepted TCP connection before its TLS handshake.
+pub struct IncomingTls {
+    tcp: TcpStream,
+    pub peer_addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    allowed: Option<Vec<String>>,
+}
+
+impl IncomingTls {
+    /// The TLS handshake (a client certificate is required); the error
+    /// names why it failed.
+    pub async fn handshake(self) -> Result<TlsConnection> {
         let stream = self
             .acceptor
-            .accept(tcp)
+            .accept(self.tcp)
             .await
             .map_err(|e| classify_io_error("TLS handshake", e))?;
         let peer = peer_name(
             stream.get_ref().1.peer_certificates(),
-            self.identity.allowed_names(),
+            self.allowed.as_deref(),
         )?;
         Ok(TlsConnection {
             stream: stream.into(),
             peer_name: peer,
-            peer_addr,
+            peer_addr: self.peer_addr,
         })
     }
 }
