@@ -15,6 +15,56 @@ use crate::error::NodeError;
 /// segments fill this share of its cap.
 const PRESSURE_PERCENT: u64 = 75;
 
+/// Room a segment keeps beyond its largest record (segment and record
+/// headers, with margin).
+const SEGMENT_SPARE_BYTES: u64 = 1 << 20;
+/// The journal holds at least this many segments.
+const MIN_SEGMENTS: u64 = 3;
+
+/// What is wrong with a journal's size, segment size and largest write,
+/// checked before anything is opened; callers name their own keys.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JournalSizing {
+    /// A segment must hold the largest record: at least this many bytes.
+    SegmentTooSmall { min_segment_bytes: u64 },
+    /// The journal must hold [`MIN_SEGMENTS`] segments: at least this many
+    /// bytes.
+    TooFewSegments { min_journal_bytes: u64 },
+}
+
+impl JournalSizing {
+    pub fn check(
+        journal_bytes: u64,
+        segment_bytes: u64,
+        max_write_bytes: u32,
+    ) -> Result<(), JournalSizing> {
+        let min_segment_bytes = u64::from(max_write_bytes) + SEGMENT_SPARE_BYTES;
+        if segment_bytes < min_segment_bytes {
+            return Err(JournalSizing::SegmentTooSmall { min_segment_bytes });
+        }
+        let min_journal_bytes = segment_bytes.saturating_mul(MIN_SEGMENTS);
+        if journal_bytes < min_journal_bytes {
+            return Err(JournalSizing::TooFewSegments { min_journal_bytes });
+        }
+        Ok(())
+    }
+
+    /// The problem in words, with the keys as the caller names them.
+    pub fn describe(&self, journal_key: &str, segment_key: &str, max_write_key: &str) -> String {
+        use crate::units::format_bytes;
+        match self {
+            JournalSizing::SegmentTooSmall { min_segment_bytes } => format!(
+                "{segment_key} must be at least {} ({max_write_key} + 1MiB: a segment holds one maximal record)",
+                format_bytes(*min_segment_bytes)
+            ),
+            JournalSizing::TooFewSegments { min_journal_bytes } => format!(
+                "{journal_key} must be at least {} ({MIN_SEGMENTS} segments of {segment_key})",
+                format_bytes(*min_journal_bytes)
+            ),
+        }
+    }
+}
+
 /// One volume behind its journal, from `serve` arguments or a config's
 /// `[[volume]]`.
 #[derive(Clone, Debug)]
@@ -37,6 +87,8 @@ pub struct StoreSpec {
     /// The identity every node of the volume shares; `None` makes a new one
     /// when the journal is created (`serve`).
     pub volume_uuid: Option<Uuid>,
+    /// Told of the journal's batches and fdatasyncs (metrics).
+    pub journal_observer: Option<Arc<dyn journal::Observer>>,
 }
 
 impl StoreSpec {
@@ -50,6 +102,7 @@ impl StoreSpec {
         j.region_bytes = self.region_bytes;
         j.max_record_payload_bytes = self.max_write_bytes as usize;
         j.pressure_bytes = self.journal_size_bytes / 100 * PRESSURE_PERCENT;
+        j.observer = self.journal_observer.clone();
         Ok(j)
     }
 }

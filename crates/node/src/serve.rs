@@ -13,7 +13,7 @@ use nbd_shim::BlockTarget;
 
 use crate::error::NodeError;
 use crate::nbd::{bind_export, shutdown_signal};
-use crate::open::{open_store, open_volume, StoreSpec};
+use crate::open::{open_store, open_volume, JournalSizing, StoreSpec};
 use crate::targets::{JournaledTarget, VolumeTarget};
 use crate::units::{parse_bytes, parse_duration};
 
@@ -101,6 +101,7 @@ impl ServeArgs {
             max_write_bytes: ServerLimits::default().max_payload_bytes,
             // A volume served alone gets a fresh identity when its journal is made.
             volume_uuid: None,
+            journal_observer: None,
         }
     }
 }
@@ -116,6 +117,21 @@ pub fn run(args: ServeArgs) -> Result<(), NodeError> {
 
 async fn serve(args: ServeArgs) -> Result<(), NodeError> {
     let spec = args.store_spec();
+    if !args.journal.no_journal && !args.read_only {
+        // Before the volume file is created.
+        JournalSizing::check(
+            spec.journal_size_bytes,
+            spec.journal_segment_bytes,
+            spec.max_write_bytes,
+        )
+        .map_err(|s| {
+            NodeError::Config(s.describe(
+                "--journal-size",
+                "--journal-segment-size",
+                "the largest NBD write (32MiB)",
+            ))
+        })?;
+    }
     let volume = open_volume(&spec, args.read_only)?;
     if args.journal.no_journal || args.read_only {
         let target = VolumeTarget::new(volume, args.read_only);

@@ -154,6 +154,23 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::new(secs, nanos))
 }
 
+/// Formats a size the way [`parse_bytes`] reads it back: the largest
+/// binary unit that divides it ("33MiB"), else bytes ("4097").
+pub fn format_bytes(n: u64) -> String {
+    for (unit, m) in [
+        ("PiB", 1u64 << 50),
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if n >= m && n.is_multiple_of(m) {
+            return format!("{}{unit}", n / m);
+        }
+    }
+    n.to_string()
+}
+
 /// Formats a duration the way [`parse_duration`] reads it back: whole
 /// seconds as "10s", else milliseconds, microseconds or nanoseconds.
 pub fn format_duration(d: Duration) -> String {
@@ -173,6 +190,23 @@ pub fn format_duration(d: Duration) -> String {
 mod tests {
     use super::{format_duration, parse_bytes, parse_duration};
     use std::time::Duration;
+
+    #[test]
+    fn sizes_round_trip() {
+        use super::format_bytes;
+        for (n, text) in [
+            (0, "0"),
+            (4097, "4097"),
+            (4096, "4KiB"),
+            (33 << 20, "33MiB"),
+            (3 << 30, "3GiB"),
+            ((1 << 30) + (1 << 20), "1025MiB"),
+            (5 << 50, "5PiB"),
+        ] {
+            assert_eq!(format_bytes(n), text);
+            assert_eq!(parse_bytes(text), Ok(n));
+        }
+    }
 
     #[test]
     fn plain_integers_and_bytes() {
