@@ -34,6 +34,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow the node's state changes, one line each: first the current
+    /// states (`exists`), then every change (connection, data state, sync
+    /// gate, role, generation, fence, split brain, resync and verify start,
+    /// progress and end, RPO breach) until the daemon stops (exit 0) or goes
+    /// away (exit 1). For scripts and HA managers.
+    Events {
+        #[command(flatten)]
+        control: ControlArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Print the current states and exit.
+        #[arg(long)]
+        now: bool,
+    },
     /// Resync a peer of a volume (run on its primary): what it is owed, or
     /// with --full every region, compared (this also overwrites a peer whose
     /// history is unrelated — only when that copy is to be replaced).

@@ -71,6 +71,9 @@ fn main() -> std::process::ExitCode {
         cli::Command::Serve(args) => node::serve::run(args).map_err(anyhow::Error::from),
         cli::Command::Run { config } => node::daemon::run(&config).map_err(anyhow::Error::from),
         cli::Command::Status { control, json } => control.socket().and_then(|s| status(&s, json)),
+        cli::Command::Events { control, json, now } => {
+            control.socket().and_then(|s| events(&s, json, now))
+        }
         cli::Command::Cert(cmd) => cert(cmd),
         cli::Command::Demo(args) => harness::demo::run(args).map_err(anyhow::Error::from),
         cli::Command::FaultProxy(args) => harness::proxy::run(args).map_err(anyhow::Error::from),
@@ -109,12 +112,40 @@ fn role_command(
     answer.map(drop).map_err(anyhow::Error::from)
 }
 
+/// The terminal's width, or the default when stdout is not a terminal.
+fn terminal_width() -> usize {
+    console::Term::stdout()
+        .size_checked()
+        .map_or(node::render::DEFAULT_WIDTH, |(_, cols)| usize::from(cols))
+}
+
 fn status(socket: &std::path::Path, json: bool) -> anyhow::Result<()> {
     let status = control::status(socket)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
-        print!("{}", node::render::render(&status));
+        print!("{}", node::render::render(&status, terminal_width()));
+    }
+    Ok(())
+}
+
+/// `driftless events`: the daemon's event lines until the stream ends; an
+/// error when it ends without the daemon saying it stops (unless `now`).
+fn events(socket: &std::path::Path, json: bool, now: bool) -> anyhow::Result<()> {
+    let stdout = std::io::stdout();
+    let stopped = control::events(socket, now, |e| {
+        let mut out = stdout.lock();
+        if json {
+            serde_json::to_writer(&mut out, e)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "{}", e.human())?;
+        }
+        // Line by line: a script reads each event as it happens.
+        out.flush()
+    })?;
+    if !stopped && !now {
+        anyhow::bail!("the event stream ended without the daemon stopping (did it crash?)");
     }
     Ok(())
 }

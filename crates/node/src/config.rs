@@ -12,6 +12,7 @@ use replication::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::NodeError;
+use crate::open::JournalSizing;
 use crate::units::{format_duration, parse_bytes, parse_duration};
 
 /// An async peer's ship delay is lag by design: keep it well under a second.
@@ -232,6 +233,15 @@ pub struct PeerSection {
     /// Async peers: longest wait for a local journal sync before shipping.
     #[serde(with = "duration", default = "default_ship_delay")]
     pub max_ship_delay: Duration,
+    /// The freshness this peer's copy is held to ("30s"): status and the
+    /// metrics say when its lag (the age of the oldest write it lacks)
+    /// exceeds it. Absent: no target.
+    #[serde(
+        with = "optional_duration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rpo_target: Option<Duration>,
 }
 
 impl PeerSection {
@@ -245,6 +255,7 @@ impl PeerSection {
             max_inflight: default_inflight(),
             max_batch: default_batch(),
             max_ship_delay: default_ship_delay(),
+            rpo_target: None,
         }
     }
 }
@@ -274,6 +285,25 @@ mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An optional duration: absent, or a string with units.
+mod optional_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -436,17 +466,23 @@ impl NodeConfig {
                     v.io_engine
                 );
             }
-            if v.journal_size < 3 * v.journal_segment_size {
-                bail!("{at}.journal_size must hold at least 3 segments of journal_segment_size");
-            }
             if !v.region_size.is_power_of_two() || v.region_size < 4096 {
                 bail!("{at}.region_size must be a power of two >= 4KiB");
             }
             if !(4096..=32 << 20).contains(&v.max_write) || !v.max_write.is_multiple_of(4096) {
                 bail!("{at}.max_write must be a multiple of 4KiB between 4KiB and 32MiB");
             }
-            if v.journal_segment_size < u64::from(v.max_write) + (1 << 20) {
-                bail!("{at}.journal_segment_size must exceed max_write by at least 1MiB (a segment holds one maximal record)");
+            if let Err(sizing) =
+                JournalSizing::check(v.journal_size, v.journal_segment_size, v.max_write)
+            {
+                bail!(
+                    "{}",
+                    sizing.describe(
+                        &format!("{at}.journal_size"),
+                        &format!("{at}.journal_segment_size"),
+                        "max_write"
+                    )
+                );
             }
             if v.resync_max_rate != 0 && v.resync_min_rate > v.resync_max_rate {
                 bail!("{at}: resync_min_rate must not exceed resync_max_rate");
@@ -484,6 +520,9 @@ impl NodeConfig {
                 }
                 if p.max_ship_delay.is_zero() || p.max_ship_delay > MAX_SHIP_DELAY {
                     bail!("{at}: need 0 < max_ship_delay <= {MAX_SHIP_DELAY:?}");
+                }
+                if p.rpo_target.is_some_and(|t| t.is_zero()) {
+                    bail!("{at}.rpo_target must be > 0 (leave it out for no target)");
                 }
             }
         }
@@ -590,6 +629,7 @@ mode = "async"
 transport = "quic"
 address = "127.0.0.1:7402"
 max_inflight = "128MiB"
+rpo_target = "30s"
 "#;
 
     #[test]
@@ -604,6 +644,11 @@ max_inflight = "128MiB"
             v.peers[1].max_ship_delay,
             std::time::Duration::from_millis(100)
         );
+        assert_eq!(
+            v.peers[1].rpo_target,
+            Some(std::time::Duration::from_secs(30))
+        );
+        assert_eq!(v.peers[0].rpo_target, None);
         assert_eq!(
             v.journal_dir(),
             std::path::PathBuf::from("/tmp/vol0.img.journal")
@@ -625,6 +670,7 @@ max_inflight = "128MiB"
         let text = c.to_toml();
         assert_eq!(NodeConfig::parse(&text).unwrap(), c, "{text}");
         assert!(text.contains("checkpoint_interval = \"5s\""), "{text}");
+        assert!(text.contains("rpo_target = \"30s\""), "{text}");
     }
 
     #[test]
@@ -633,6 +679,34 @@ max_inflight = "128MiB"
         let err = format!("{:#}", NodeConfig::parse(&bad).unwrap_err());
         assert!(
             err.contains("size") && err.contains("invalid size"),
+            "{err}"
+        );
+
+        for (value, why) in [
+            ("\"0s\"", "must be > 0"),
+            ("\"30 sec\"", "invalid duration"),
+        ] {
+            let bad = PRIMARY.replace("rpo_target = \"30s\"", &format!("rpo_target = {value}"));
+            let err = format!("{:#}", NodeConfig::parse(&bad).unwrap_err());
+            assert!(err.contains("rpo_target") && err.contains(why), "{err}");
+        }
+
+        let bad = PRIMARY.replace(
+            "role = \"primary\"",
+            "role = \"primary\"\njournal_segment_size = \"1MiB\"",
+        );
+        let err = format!("{:#}", NodeConfig::parse(&bad).unwrap_err());
+        assert!(
+            err.contains("volume[0] (vol0).journal_segment_size must be at least 33MiB"),
+            "{err}"
+        );
+        let bad = PRIMARY.replace(
+            "role = \"primary\"",
+            "role = \"primary\"\njournal_size = \"128MiB\"",
+        );
+        let err = format!("{:#}", NodeConfig::parse(&bad).unwrap_err());
+        assert!(
+            err.contains("volume[0] (vol0).journal_size must be at least 192MiB"),
             "{err}"
         );
 

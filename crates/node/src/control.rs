@@ -19,6 +19,9 @@ use crate::nbd::{bind_unix, SocketGuard};
 const MAX_REQUEST_BYTES: usize = 4096;
 /// Control clients served at once.
 const MAX_CONTROL_CONNECTIONS: usize = 16;
+/// Of those, event streams (which stay open): the rest stay free for
+/// status and commands.
+const MAX_EVENT_STREAMS: usize = 8;
 const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long the CLI waits for a command's answer.
 const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -53,6 +56,13 @@ pub enum Request {
     /// Give this node's changes since the fork up (split brain victim).
     DiscardLocal {
         volume: String,
+    },
+    /// Stream state changes (`events::Event` lines) until the client goes
+    /// away or the daemon stops (`now`: only the current states, then the
+    /// stream ends).
+    Events {
+        #[serde(default)]
+        now: bool,
     },
 }
 
@@ -111,6 +121,11 @@ pub trait Control: Send + Sync + 'static {
     ) -> CommandFuture<'a>;
     /// Runs a role change of `volume`: what was done, or why not.
     fn volume_command<'a>(&'a self, volume: &'a str, command: VolumeCommand) -> CommandFuture<'a>;
+    /// Becomes `true` when the daemon begins to stop (event streams end
+    /// with a `node-stopping` line); `None`: never signalled.
+    fn stopping(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// Binds the control socket with mode 0600 (only the daemon's user may
@@ -125,6 +140,7 @@ pub fn bind(path: &Path) -> Result<(UnixListener, SocketGuard), NodeError> {
 
 pub async fn serve(listener: UnixListener, source: Arc<dyn Control>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let streams = Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS));
     loop {
         // At the limit, further clients wait in the listen backlog.
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -138,9 +154,9 @@ pub async fn serve(listener: UnixListener, source: Arc<dyn Control>) {
                 continue;
             }
         };
-        let source = source.clone();
+        let (source, streams) = (source.clone(), streams.clone());
         tokio::spawn(async move {
-            if let Err(err) = answer(stream, source).await {
+            if let Err(err) = answer(stream, source, streams).await {
                 tracing::debug!(error = %err, "control request failed");
             }
             drop(slot);
@@ -148,7 +164,11 @@ pub async fn serve(listener: UnixListener, source: Arc<dyn Control>) {
     }
 }
 
-async fn answer(stream: UnixStream, source: Arc<dyn Control>) -> std::io::Result<()> {
+async fn answer(
+    stream: UnixStream,
+    source: Arc<dyn Control>,
+    streams: Arc<tokio::sync::Semaphore>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST_BYTES as u64));
@@ -190,6 +210,18 @@ async fn answer(stream: UnixStream, source: Arc<dyn Control>) -> std::io::Result
                 .volume_command(&volume, VolumeCommand::DiscardLocal)
                 .await,
         ),
+        Ok(Request::Events { now }) => match streams.try_acquire_owned() {
+            Ok(permit) => {
+                let result = stream_events(&mut write, source.as_ref(), now).await;
+                drop(permit);
+                return result;
+            }
+            Err(_) => Response::Error {
+                message: format!(
+                    "{MAX_EVENT_STREAMS} event streams are open already; close one first"
+                ),
+            },
+        },
         Err(err) => Response::Error {
             message: format!("bad request: {err}"),
         },
@@ -198,6 +230,106 @@ async fn answer(stream: UnixStream, source: Arc<dyn Control>) -> std::io::Result
     out.push(b'\n');
     write.write_all(&out).await?;
     Ok(())
+}
+
+/// Writes the events of `source` to `write`, one JSON line each, until the
+/// client goes away or the daemon stops (`now`: the current states only).
+async fn stream_events(
+    write: &mut (impl AsyncWriteExt + Unpin),
+    source: &dyn Control,
+    now: bool,
+) -> std::io::Result<()> {
+    use crate::events::{Change, Event, EventDiffer, EventType, POLL_INTERVAL};
+    let mut differ = EventDiffer::new();
+    let mut stopping = source.stopping();
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stop = stopping.as_ref().is_some_and(|s| *s.borrow());
+        let status = source.node_status();
+        let volumes = status
+            .volumes
+            .into_iter()
+            .map(|v| (v.name, v.status))
+            .collect();
+        let node = status.node;
+        let mut events: Vec<Event> = differ
+            .next(volumes, std::time::Instant::now())
+            .into_iter()
+            .map(|(kind, change)| Event::new(kind, change, std::time::SystemTime::now()))
+            .collect();
+        if stop {
+            events.push(Event::new(
+                EventType::Change,
+                Change::NodeStopping { node },
+                std::time::SystemTime::now(),
+            ));
+        }
+        let mut out = Vec::new();
+        for e in &events {
+            serde_json::to_writer(&mut out, e).map_err(std::io::Error::other)?;
+            out.push(b'\n');
+        }
+        // A client that does not read holds this task at the write: the
+        // memory it costs is one snapshot's events.
+        write.write_all(&out).await?;
+        if stop || now {
+            return write.shutdown().await;
+        }
+        match stopping.as_mut() {
+            Some(s) => {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = s.changed() => {}
+                }
+            }
+            None => {
+                tick.tick().await;
+            }
+        }
+    }
+}
+
+/// The CLI side of `events`: calls `line` with each event until the
+/// stream ends. Returns whether it ended with the daemon stopping.
+pub fn events(
+    path: &Path,
+    now: bool,
+    mut line: impl FnMut(&crate::events::Event) -> std::io::Result<()>,
+) -> Result<bool, NodeError> {
+    use std::io::{BufRead, Write};
+    let err = |message: String| NodeError::Control {
+        path: path.to_owned(),
+        message,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| err(format!("cannot connect ({e}); is the daemon running?")))?;
+    let mut request =
+        serde_json::to_vec(&Request::Events { now }).map_err(|e| err(e.to_string()))?;
+    request.push(b'\n');
+    stream
+        .write_all(&request)
+        .map_err(|e| err(format!("request failed: {e}")))?;
+    let mut stopped = false;
+    for text in std::io::BufReader::new(stream).lines() {
+        let text = text.map_err(|e| err(format!("reading events: {e}")))?;
+        let event: crate::events::Event = match serde_json::from_str(&text) {
+            Ok(e) => e,
+            Err(_) => {
+                // The daemon refused the stream: an error reply.
+                return match serde_json::from_str::<Response>(&text) {
+                    Ok(Response::Error { message }) => Err(NodeError::Refused(message)),
+                    _ => Err(err(format!("unreadable event line: {text:?}"))),
+                };
+            }
+        };
+        stopped = matches!(event.change, crate::events::Change::NodeStopping { .. });
+        // A closed stdout (a pager quit) ends the stream quietly.
+        if line(&event).is_err() {
+            return Ok(stopped);
+        }
+    }
+    Ok(stopped)
 }
 
 /// The CLI side of `status`.
@@ -429,6 +561,122 @@ mod tests {
         let err = refused.unwrap_err();
         assert!(matches!(err, NodeError::Refused(_)), "{err}");
         assert!(err.to_string().contains("no peer nobody"), "{err}");
+    }
+
+    /// [`Fixed`], stopping when told.
+    struct Stops(tokio::sync::watch::Sender<bool>);
+
+    impl Control for Stops {
+        fn peer_command<'a>(
+            &'a self,
+            volume: &'a str,
+            peer: &'a str,
+            command: PeerCommand,
+        ) -> CommandFuture<'a> {
+            Fixed.peer_command(volume, peer, command)
+        }
+
+        fn volume_command<'a>(
+            &'a self,
+            volume: &'a str,
+            command: VolumeCommand,
+        ) -> CommandFuture<'a> {
+            Fixed.volume_command(volume, command)
+        }
+
+        fn node_status(&self) -> NodeStatus {
+            Fixed.node_status()
+        }
+
+        fn stopping(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+            Some(self.0.subscribe())
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_show_the_states_then_end_when_the_daemon_stops() {
+        use crate::events::{Change, EventType};
+        let (_dir, path, _guard) = start().await;
+        let p = path.clone();
+        let mut now = Vec::new();
+        let stopped = tokio::task::spawn_blocking(move || {
+            let r = events(&p, true, |e| {
+                now.push(e.clone());
+                Ok(())
+            });
+            r.map(|s| (s, now))
+        })
+        .await
+        .unwrap();
+        let (stopped, now) = stopped.unwrap();
+        assert!(!stopped);
+        assert!(now.iter().all(|e| e.kind == EventType::Exists), "{now:?}");
+        assert!(now.iter().any(|e| e.change
+            == Change::Role {
+                volume: "vol0".into(),
+                role: VolumeRole::Primary,
+                reason: None
+            }));
+
+        // A follower ends with node-stopping once the daemon stops.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl.sock");
+        let (listener, _guard) = bind(&path).unwrap();
+        let (tx, _) = tokio::sync::watch::channel(false);
+        let source = Arc::new(Stops(tx));
+        tokio::spawn(serve(listener, source.clone()));
+        let p = path.clone();
+        let follower = tokio::task::spawn_blocking(move || {
+            let mut seen = Vec::new();
+            events(&p, false, |e| {
+                seen.push(e.change.clone());
+                Ok(())
+            })
+            .map(|stopped| (stopped, seen))
+        });
+        tokio::time::sleep(crate::events::POLL_INTERVAL * 3).await;
+        source.0.send_replace(true);
+        let (stopped, seen) = tokio::time::timeout(std::time::Duration::from_secs(10), follower)
+            .await
+            .expect("the stream ends")
+            .unwrap()
+            .unwrap();
+        assert!(stopped, "{seen:?}");
+        assert_eq!(
+            seen.last(),
+            Some(&Change::NodeStopping {
+                node: "alpha".into()
+            })
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn event_streams_are_bounded_and_status_still_answers() {
+        let (_dir, path, _guard) = start().await;
+        let mut open = Vec::new();
+        for _ in 0..MAX_EVENT_STREAMS {
+            let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            std::io::Write::write_all(&mut s, b"{\"command\":\"events\"}\n").unwrap();
+            let mut first = String::new();
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            std::io::BufRead::read_line(&mut r, &mut first).unwrap();
+            assert!(first.contains("\"type\":\"exists\""), "{first}");
+            open.push(s);
+        }
+        let p = path.clone();
+        let refused = tokio::task::spawn_blocking(move || events(&p, false, |_| Ok(())))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(refused, NodeError::Refused(_)), "{refused}");
+        assert!(refused.to_string().contains("event streams"), "{refused}");
+        let p = path.clone();
+        let got = tokio::task::spawn_blocking(move || status(&p))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.node, "alpha");
+        drop(open);
     }
 
     #[test]

@@ -17,10 +17,11 @@ use transport::TlsIdentity;
 use crate::config::{LossPolicy, NodeConfig, VolumeSection};
 use crate::control::{CommandFuture, Control, NamedStatus, NodeStatus, PeerCommand, VolumeCommand};
 use crate::error::NodeError;
+use crate::metrics::Metrics;
 use crate::nbd::{bind_export, shutdown_signal, SocketGuard};
 use crate::open::{open_store, open_volume, StoreSpec};
 use crate::slot::{PrimaryStarter, Slot};
-use crate::targets::{DataPath, JournaledTarget};
+use crate::targets::{DataPath, JournaledTarget, Metered};
 
 pub fn run(config_path: &std::path::Path) -> Result<(), NodeError> {
     let config = NodeConfig::load(config_path)?;
@@ -47,6 +48,8 @@ pub fn run(config_path: &std::path::Path) -> Result<(), NodeError> {
 struct Node {
     name: String,
     volumes: Vec<Arc<Slot>>,
+    /// Set when the daemon begins to stop.
+    stop: watch::Receiver<bool>,
 }
 
 impl Node {
@@ -96,6 +99,10 @@ impl Control for Node {
         })
     }
 
+    fn stopping(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.stop.clone())
+    }
+
     fn node_status(&self) -> NodeStatus {
         NodeStatus {
             node: self.name.clone(),
@@ -139,12 +146,14 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
     let mut node = Node {
         name: config.node.name.clone(),
         volumes: Vec::new(),
+        stop: stop_rx.clone(),
     };
     let mut exports = Vec::new();
     let mut guards: Vec<SocketGuard> = Vec::new();
 
+    let metrics = Metrics::new();
     for v in &config.volumes {
-        let spec = store_spec(v)?;
+        let spec = store_spec(v, &metrics)?;
         let (store, report) = open_store(&spec, open_volume(&spec, false)?).await?;
         let starter: PrimaryStarter = {
             let cfg = primary_config(&config.node.name, v, &tls, &quic);
@@ -202,7 +211,10 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
                 vec![Export {
                     name: export_name.clone(),
                     description: Some(format!("driftless volume {}", v.name)),
-                    target: Arc::new(JournaledTarget::new(slot.clone())),
+                    target: Arc::new(Metered::new(
+                        JournaledTarget::new(slot.clone()),
+                        metrics.nbd(&v.name),
+                    )),
                     read_only: false,
                 }],
                 ServerLimits {
@@ -233,7 +245,7 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
     }
 
     let node = Arc::new(node);
-    let metrics = match config.node.metrics_listen {
+    let metrics_task = match config.node.metrics_listen {
         Some(addr) => {
             let slots = node.volumes.clone();
             let gather: crate::metrics::Gather = Arc::new(move || {
@@ -241,15 +253,18 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
                     .iter()
                     .filter_map(|slot| {
                         let status = slot.status()?;
+                        let store = DataPath::store(slot.as_ref());
                         Some(crate::metrics::Sample {
                             volume: slot.name.clone(),
-                            journal: DataPath::store(slot.as_ref()).journal().stats(),
+                            journal: store.journal().stats(),
+                            failure: store.failure(),
+                            checkpoint_age: store.checkpoint_age(),
                             status,
                         })
                     })
                     .collect()
             });
-            Some(crate::metrics::serve(addr, gather).await?)
+            Some(crate::metrics::serve(addr, &metrics, gather).await?)
         }
         None => None,
     };
@@ -272,7 +287,7 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
         let _ = export.await;
     }
     control_task.abort();
-    if let Some(m) = metrics {
+    if let Some(m) = metrics_task {
         m.abort();
     }
     drop(control_guard);
@@ -284,7 +299,7 @@ async fn daemon(config: NodeConfig, repl: tokio::runtime::Handle) -> Result<(), 
     Ok(())
 }
 
-fn store_spec(v: &VolumeSection) -> Result<StoreSpec, NodeError> {
+fn store_spec(v: &VolumeSection, metrics: &Metrics) -> Result<StoreSpec, NodeError> {
     Ok(StoreSpec {
         name: v.name.clone(),
         path: v.path.clone(),
@@ -302,6 +317,7 @@ fn store_spec(v: &VolumeSection) -> Result<StoreSpec, NodeError> {
         region_bytes: v.region_size,
         max_write_bytes: v.max_write,
         volume_uuid: Some(v.uuid),
+        journal_observer: Some(metrics.journal_observer(&v.name)),
     })
 }
 
@@ -322,6 +338,7 @@ fn primary_config(
             max_inflight_bytes: p.max_inflight,
             max_batch_bytes: p.max_batch as usize,
             max_ship_delay: p.max_ship_delay,
+            rpo_target: p.rpo_target,
         })
         .collect();
     let mut cfg = PrimaryConfig::new(node, tls.clone(), peers);

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 mod error;
+pub mod events;
 mod metrics;
 pub mod nbd;
 pub mod notify;

@@ -9,6 +9,8 @@ use replication::{EngineError, Primary};
 use store::{Change, Store, StoreError};
 use volume::{Volume, VolumeError};
 
+use crate::metrics::{NbdCommand, NbdMeter};
+
 /// A plain volume as an NBD target: FUA and FLUSH are fdatasync of the volume.
 pub struct VolumeTarget {
     volume: Volume,
@@ -299,6 +301,79 @@ impl<P: DataPath> BlockTarget for JournaledTarget<P> {
 
     async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, TargetError> {
         block_status(self.path.store().volume(), offset, len).await
+    }
+}
+
+/// Any target, with each request timed and counted by command (metrics).
+pub struct Metered<T> {
+    inner: T,
+    meter: NbdMeter,
+}
+
+impl<T: BlockTarget> Metered<T> {
+    pub(crate) fn new(inner: T, meter: NbdMeter) -> Self {
+        Metered { inner, meter }
+    }
+}
+
+impl<T: BlockTarget> BlockTarget for Metered<T> {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+
+    fn features(&self) -> TargetFeatures {
+        self.inner.features()
+    }
+
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes, TargetError> {
+        let read = self.inner.read(offset, len);
+        self.meter.time(NbdCommand::Read, len.into(), read).await
+    }
+
+    async fn write(
+        &self,
+        offset: u64,
+        data: Bytes,
+        durability: Durability,
+    ) -> Result<(), TargetError> {
+        let bytes = data.len() as u64;
+        let write = self.inner.write(offset, data, durability);
+        self.meter.time(NbdCommand::Write, bytes, write).await
+    }
+
+    async fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u32,
+        flags: ZeroFlags,
+    ) -> Result<(), TargetError> {
+        let zero = self.inner.write_zeroes(offset, len, flags);
+        self.meter
+            .time(NbdCommand::WriteZeroes, len.into(), zero)
+            .await
+    }
+
+    async fn trim(&self, offset: u64, len: u32, durability: Durability) -> Result<(), TargetError> {
+        let trim = self.inner.trim(offset, len, durability);
+        self.meter.time(NbdCommand::Trim, len.into(), trim).await
+    }
+
+    async fn flush(&self) -> Result<(), TargetError> {
+        self.meter
+            .time(NbdCommand::Flush, 0, self.inner.flush())
+            .await
+    }
+
+    async fn cache(&self, offset: u64, len: u32) -> Result<(), TargetError> {
+        let cache = self.inner.cache(offset, len);
+        self.meter.time(NbdCommand::Cache, len.into(), cache).await
+    }
+
+    async fn block_status(&self, offset: u64, len: u32) -> Result<Vec<Extent>, TargetError> {
+        let status = self.inner.block_status(offset, len);
+        self.meter
+            .time(NbdCommand::BlockStatus, len.into(), status)
+            .await
     }
 }
 
