@@ -439,10 +439,13 @@ fn write_some(primary: &NodeProc, n: u64) -> Record {
 }
 
 /// Connection attempts a secondary has turned away (each one is logged).
-fn turned_away(node: &NodeProc) -> usize {
-    node.log_text()
-        .matches("replication connection refused or failed")
-        .count()
+/// Sessions with `peer` the primary saw refused so far (by either side).
+fn turned_away(primary: &NodeProc, peer: &str) -> u64 {
+    primary
+        .volume()
+        .unwrap()
+        .peer(peer)
+        .map_or(0, |p| p.refusals.values().sum())
 }
 
 #[test]
@@ -483,9 +486,13 @@ fn peers_with_a_foreign_ca_or_another_size_are_refused_and_get_nothing() {
     // The primary keeps retrying: wait until each peer turned it away once
     // more after the last write, so a (wrongly) accepted session would have
     // had everything to receive.
-    let before = [turned_away(&rogue), turned_away(&small)];
+    let before = [
+        turned_away(&primary, "rogue"),
+        turned_away(&primary, "small"),
+    ];
     let started = Instant::now();
-    while turned_away(&rogue) <= before[0] || turned_away(&small) <= before[1] {
+    while turned_away(&primary, "rogue") <= before[0] || turned_away(&primary, "small") <= before[1]
+    {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the primary stopped retrying its refused peers\n{}",
@@ -503,6 +510,16 @@ fn peers_with_a_foreign_ca_or_another_size_are_refused_and_get_nothing() {
         );
         assert_ne!(p.disk, DiskState::UpToDate, "{p:#?}");
         assert_eq!(p.acked_lsn, 0, "{name} acknowledged records: {p:#?}");
+        // Counted under the reason the metrics export.
+        let reason = match name {
+            "rogue" => replication::RefusalReason::Tls,
+            _ => replication::RefusalReason::SizeMismatch,
+        };
+        assert!(
+            p.refusals.get(&reason).is_some_and(|n| *n >= 2) && p.refusals.len() == 1,
+            "{name}: {:?}",
+            p.refusals
+        );
     }
     for node in [&rogue, &small] {
         let s = node.volume().unwrap();
