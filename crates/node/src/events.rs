@@ -147,33 +147,30 @@ impl Event {
         }
     }
 
-    /// The line for people: `TIME TYPE WHAT key:value ...`, names first,
-    /// strings with spaces quoted.
+    /// The line for people: `TIME TYPE WHAT key:value ...` in the
+    /// change's field order, strings with spaces quoted.
     pub fn human(&self) -> String {
         let value = serde_json::to_value(&self.change).expect("a change always serializes");
         let serde_json::Value::Object(fields) = value else {
             unreachable!("a change serializes as a map")
         };
-        let what = fields.get("what").and_then(|w| w.as_str()).unwrap_or("?");
         let kind = match self.kind {
             EventType::Exists => "exists",
             EventType::Change => "change",
         };
-        let mut line = format!("{} {kind} {what}", self.time);
-        let first = ["node", "volume", "peer", "primary"];
-        let ordered = first.iter().filter_map(|k| fields.get_key_value(*k)).chain(
-            fields
-                .iter()
-                .filter(|(k, _)| *k != "what" && !first.contains(&k.as_str())),
-        );
-        for (k, v) in ordered {
+        let mut line = format!("{} {kind}", self.time);
+        for (k, v) in &fields {
             let v = match v {
                 serde_json::Value::String(s) if !s.contains([' ', '"']) && !s.is_empty() => {
                     s.clone()
                 }
                 other => other.to_string(),
             };
-            line += &format!(" {k}:{v}");
+            if k == "what" {
+                line += &format!(" {v}");
+            } else {
+                line += &format!(" {k}:{v}");
+            }
         }
         line
     }
