@@ -607,8 +607,14 @@ pub(crate) async fn serve(
     );
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, from)) = listener.accept().await else {
-                continue;
+            let (stream, from) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let registry = registry.clone();
             tokio::spawn(async move {
