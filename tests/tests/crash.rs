@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use harness::checker::{check_acked, check_flushed, read_blocks_nbd, Workload, WorkloadCfg};
+use harness::checker::{check_holds, read_blocks_nbd, Required, Workload, WorkloadCfg};
 use harness::serve::Serve;
 use rand::Rng;
 
@@ -40,6 +40,8 @@ fn kill9_under_write_and_flush_load_loses_no_acknowledged_write() {
                 depth: 16,
                 flush_every: 64,
                 pace: None,
+                trim_percent: 0,
+                zero_percent: 0,
             },
         )
         .unwrap();
@@ -83,9 +85,9 @@ fn kill9_under_write_and_flush_load_loses_no_acknowledged_write() {
         // must have redone records from the journal.
         assert!(!log.contains("redone_records=0 "), "nothing redone: {log}");
         let contents = read_blocks_nbd(&server.socket, "", BLOCKS, 4096).unwrap();
-        let intact = check_acked(&contents, &record.blocks)
+        let intact = check_holds(&contents, &record, Required::Acked)
             .unwrap_or_else(|e| panic!("round {round} (wiped: {wiped}): {e}\n{log}"));
-        let flushed = check_flushed(&contents, &record)
+        let flushed = check_holds(&contents, &record, Required::Flushed)
             .unwrap_or_else(|e| panic!("round {round} (wiped: {wiped}): {e}\n{log}"));
         eprintln!(
             "round {round}: killed after {kill_after:?}, volume wiped: {wiped}; {} writes acknowledged ({flushed} before the last FLUSH), {intact} blocks with an acknowledged write intact",

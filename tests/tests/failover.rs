@@ -13,9 +13,7 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use harness::checker::{
-    check_acked, check_flushed, check_sane, read_blocks, Workload, WorkloadCfg,
-};
+use harness::checker::{check_holds, check_sane, read_blocks, Required, Workload, WorkloadCfg};
 use harness::cluster::{
     assert_same_files, file_digest, wait_caught_up, wait_for, Member, NodeProc, Site, MIB, VOLUME,
 };
@@ -308,6 +306,8 @@ fn unplanned_failover_then_the_old_primary_comes_back_fenced_and_only_diverged_r
             depth: 16,
             flush_every: 48,
             pace: None,
+            trim_percent: 0,
+            zero_percent: 0,
         },
     )
     .unwrap();
@@ -326,13 +326,13 @@ fn unplanned_failover_then_the_old_primary_comes_back_fenced_and_only_diverged_r
     // beta holds every write acknowledged to the client (protocol C) and
     // so everything the last FLUSH covered.
     let contents = read_blocks(&site.volume("beta"), blocks, 4096);
-    check_acked(&contents, &record.blocks).unwrap_or_else(|e| {
+    check_holds(&contents, &record, Required::Acked).unwrap_or_else(|e| {
         panic!(
             "beta lacks an acknowledged write: {e} ({} acked before the last FLUSH, {} at the kill)",
             kill.acked_before_flush, kill.acked_at_kill
         )
     });
-    let flushed = check_flushed(&contents, &record).unwrap();
+    let flushed = check_holds(&contents, &record, Required::Flushed).unwrap();
     // Every block holds a whole write of the history (none torn, none
     // foreign).
     check_sane(&contents, &record.history).unwrap();
@@ -391,6 +391,8 @@ fn three_sites_dr_re_pairs_with_the_promoted_metro_peer_without_a_full_copy() {
             depth: 16,
             flush_every: 64,
             pace: None,
+            trim_percent: 0,
+            zero_percent: 0,
         },
     )
     .unwrap();

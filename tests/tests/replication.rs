@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use harness::checker::{
-    check_acked, check_final, check_flushed, check_prefix, check_sane, read_blocks, Record,
-    Workload, WorkloadCfg,
+    check_final, check_holds, check_prefix, check_sane, read_blocks, Record, Required, Workload,
+    WorkloadCfg,
 };
 use harness::cluster::{
     assert_same_files, random_file, wait_caught_up, wait_for, wait_up_to_date, with_peer, NodeProc,
@@ -171,6 +171,8 @@ fn sync_peer_holds_every_write_acknowledged_before_the_primary_died() {
                 depth: 16,
                 flush_every: 48,
                 pace: None,
+                trim_percent: 0,
+                zero_percent: 0,
             },
         );
         let after = Duration::from_millis(rng.gen_range(400..1500));
@@ -195,7 +197,7 @@ fn sync_peer_holds_every_write_acknowledged_before_the_primary_died() {
         let contents = read_blocks(&site.volume("metro"), blocks, 4096);
         // Protocol C: a sync peer holds every write acknowledged to the
         // client, not only those a FLUSH covered.
-        let intact = check_acked(&contents, &record.blocks).unwrap_or_else(|e| {
+        let intact = check_holds(&contents, &record, Required::Acked).unwrap_or_else(|e| {
             panic!(
                 "round {round}: the sync peer lacks an acknowledged write: {e}; {} writes were acknowledged before the last FLUSH reply, {} when the primary was killed\n{}\n{}",
                 kill.acked_before_flush,
@@ -204,7 +206,7 @@ fn sync_peer_holds_every_write_acknowledged_before_the_primary_died() {
                 metro.log_tail(20)
             )
         });
-        let flushed = check_flushed(&contents, &record)
+        let flushed = check_holds(&contents, &record, Required::Flushed)
             .unwrap_or_else(|e| panic!("round {round}: invariant 1 on the sync peer: {e}"));
         eprintln!(
             "round {round}: killed {after:?} in, right after FLUSH #{} covering {flushed} writes; {} acked in all; {intact} blocks with an acked write all on the sync peer",
@@ -244,6 +246,8 @@ fn async_peer_killed_under_load_always_holds_a_prefix() {
             flush_every: 0,
             // A few thousand writes per second at most.
             pace: Some(Duration::from_micros(200)),
+            trim_percent: 0,
+            zero_percent: 0,
         },
     );
     let mut rng = rand::thread_rng();
@@ -423,6 +427,8 @@ fn write_some(primary: &NodeProc, n: u64) -> Record {
             depth: 4,
             flush_every: 16,
             pace: None,
+            trim_percent: 0,
+            zero_percent: 0,
         },
     );
     let start = Instant::now();
@@ -704,6 +710,8 @@ fn async_quic_peer_behind_a_cut_link_never_stalls_writes_and_catches_up() {
             flush_every: 0,
             // At most ~1000 writes/s: the journal holds the whole cut.
             pace: Some(Duration::from_millis(1)),
+            trim_percent: 0,
+            zero_percent: 0,
         },
     );
     let t0 = Instant::now();

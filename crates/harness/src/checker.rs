@@ -3,19 +3,25 @@
 //! checks any copy (the primary after a crash, a sync peer, an async peer)
 //! is held to:
 //!
-//! - [`check_acked`]: every acknowledged write is present (a process crash
-//!   keeps the page cache, so nothing acknowledged may be missing); a block
-//!   whose write was in flight holds it or the one before.
-//! - [`check_flushed`]: every write acknowledged before the last completed
-//!   FLUSH is present, or overwritten by a later write (invariant 1).
+//! - [`check_holds`] with [`Required::Acked`]: every acknowledged write is
+//!   present (a process crash keeps the page cache, so nothing acknowledged
+//!   may be missing), or overwritten by a later request to its block; with
+//!   [`Required::Flushed`]: every write acknowledged before the last
+//!   completed FLUSH (invariant 1). For any history: TRIM and WRITE_ZEROES
+//!   among the writes, several sessions (a crash or a failover between
+//!   them), writes whose outcome is unknown.
 //! - [`check_prefix`]: the copy is exactly the volume after the first N
 //!   writes for some N (invariant 2), on a history issued at queue depth 1.
 //! - [`check_sane`]: every block is zero or an intact write issued to it.
+//! - [`check_cut`]: invariant 2 on a pipelined history: the copy is the
+//!   volume after some prefix of the (unknown) LSN order, as far as the
+//!   order the client saw can tell: a write acknowledged before another
+//!   was sent has the lower LSN.
 //!
 //! Every write is one 4 KiB block with a deterministic payload naming its
 //! block and sequence number, so a torn, misplaced or foreign block is
-//! detected. One write is in flight per block at a time, so each block's
-//! writes are ordered.
+//! detected; a TRIM or WRITE_ZEROES leaves zeros. One request is in flight
+//! per block at a time, so each block's writes are ordered.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,7 +29,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nbd_shim::client::{Client, CMD_FLUSH, CMD_WRITE};
+use nbd_shim::client::{Client, CMD_FLUSH, CMD_TRIM, CMD_WRITE, CMD_WRITE_ZEROES};
 use rand::Rng;
 
 use crate::error::{HarnessError, Result};
@@ -64,6 +70,19 @@ pub fn decode(block: u32, data: &[u8]) -> std::result::Result<Option<u64>, Strin
     Ok(Some(seq))
 }
 
+/// What a request does to its block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Write,
+    /// TRIM: the block reads back as zeros.
+    Trim,
+    /// WRITE_ZEROES.
+    Zero,
+}
+
+/// The logical clock value of a write that was never acknowledged.
+pub const NOT_ACKED: u64 = u64::MAX;
+
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct BlockState {
     pub last_acked: Option<u64>,
@@ -80,6 +99,10 @@ pub struct WorkloadCfg {
     pub flush_every: u64,
     /// Sleep this long after each send (caps the rate).
     pub pace: Option<Duration>,
+    /// Of the block requests, this many percent are TRIM and this many
+    /// WRITE_ZEROES; the rest are writes.
+    pub trim_percent: u8,
+    pub zero_percent: u8,
 }
 
 /// Where the workload stood when it killed a process (see
@@ -96,6 +119,17 @@ pub struct Record {
     pub blocks: Vec<BlockState>,
     /// `history[seq - 1]`: the block of write `seq`, in issue order.
     pub history: Vec<u32>,
+    /// `kinds[seq - 1]`: what write `seq` does.
+    pub kinds: Vec<OpKind>,
+    /// Logical clock (one tick per send and per reply, across sessions)
+    /// when write `seq` was sent, and when its success was received
+    /// ([`NOT_ACKED`] if it never was).
+    pub sent_clock: Vec<u64>,
+    pub acked_clock: Vec<u64>,
+    pub clock: u64,
+    /// Writes that failed or were in flight when their session ended: each
+    /// may or may not have happened.
+    pub unknown: Vec<u64>,
     /// Writes with seq <= this were issued at queue depth 1 (issue order =
     /// acknowledgement order = LSN order).
     pub qd1_until: u64,
@@ -149,19 +183,42 @@ pub struct Workload {
 
 impl Workload {
     pub fn start(socket: &Path, export: &str, cfg: WorkloadCfg) -> Result<Workload> {
+        let record = Record {
+            blocks: vec![BlockState::default(); cfg.blocks as usize],
+            ..Record::default()
+        };
+        Self::resume(socket, export, cfg, record)
+    }
+
+    /// Continues `record` (of an earlier session, over the same blocks) on
+    /// a new connection, maybe to another node: sequence numbers and the
+    /// logical clock go on; what was in flight when that session ended is
+    /// [`Record::unknown`] from now on.
+    pub fn resume(
+        socket: &Path,
+        export: &str,
+        cfg: WorkloadCfg,
+        mut record: Record,
+    ) -> Result<Workload> {
+        assert_eq!(record.blocks.len(), cfg.blocks as usize, "the same blocks");
+        for b in &mut record.blocks {
+            if let Some(seq) = b.inflight.take() {
+                record.unknown.push(seq);
+            }
+        }
+        record.depth = cfg.depth;
+        record.inflight = 0;
+        record.sent_at.clear();
+        record.flushes.clear();
+        record.kill_on_flush = None;
+        record.stop = false;
+        record.dead = false;
         let mut sender = Client::connect(socket, export)
             .map_err(|e| HarnessError::Nbd(format!("connect: {e}")))?;
         let mut receiver = sender
             .try_clone()
             .map_err(|e| HarnessError::Nbd(format!("clone socket: {e}")))?;
-        let state = Arc::new((
-            Mutex::new(Record {
-                blocks: vec![BlockState::default(); cfg.blocks as usize],
-                depth: cfg.depth,
-                ..Record::default()
-            }),
-            Condvar::new(),
-        ));
+        let state = Arc::new((Mutex::new(record), Condvar::new()));
         let stride = cfg.stride;
 
         let st = state.clone();
@@ -170,6 +227,8 @@ impl Workload {
             while let Ok((reply, _)) = receiver.recv(|_| 0) {
                 let now = Instant::now();
                 let mut w = lock.lock().unwrap();
+                w.clock += 1;
+                let clock = w.clock;
                 if reply.error != 0 {
                     w.errors.push(format!(
                         "request {:#x} failed with NBD error {}",
@@ -182,8 +241,10 @@ impl Workload {
                             .push(format!("unknown flush cookie {:#x}", reply.cookie));
                         break;
                     };
-                    w.flushes_acked += 1;
-                    w.acked_before_flush = w.acked_before_flush.max(covered);
+                    if reply.error == 0 {
+                        w.flushes_acked += 1;
+                        w.acked_before_flush = w.acked_before_flush.max(covered);
+                    }
                     if let Some((after, pid)) = w.kill_on_flush {
                         if now >= after && w.killed.is_none() {
                             crate::process::signal(pid, libc::SIGKILL);
@@ -205,8 +266,14 @@ impl Workload {
                     }
                     let b = &mut w.blocks[block as usize];
                     b.inflight = None;
-                    b.last_acked = Some(seq);
-                    w.acked_order.push(seq);
+                    if reply.error == 0 {
+                        b.last_acked = Some(seq);
+                        w.acked_order.push(seq);
+                        w.acked_clock[seq as usize - 1] = clock;
+                    } else {
+                        // It may or may not have reached the volume.
+                        w.unknown.push(seq);
+                    }
                     if let Some(sent) = w.sent_at.remove(&seq) {
                         w.completions.push((now, now - sent));
                     }
@@ -233,6 +300,7 @@ impl Workload {
                 }
                 requests += 1;
                 if cfg.flush_every > 0 && requests.is_multiple_of(cfg.flush_every) {
+                    w.clock += 1;
                     let cookie = requests | FLUSH_COOKIE_BIT;
                     let covered = w.acked();
                     w.flushes.insert(cookie, covered);
@@ -249,7 +317,20 @@ impl Workload {
                         break b;
                     }
                 };
+                let roll = rng.gen_range(0..100u8);
+                let kind = if roll < cfg.trim_percent {
+                    OpKind::Trim
+                } else if roll < cfg.trim_percent.saturating_add(cfg.zero_percent) {
+                    OpKind::Zero
+                } else {
+                    OpKind::Write
+                };
                 w.history.push(block);
+                w.kinds.push(kind);
+                w.clock += 1;
+                let clock = w.clock;
+                w.sent_clock.push(clock);
+                w.acked_clock.push(NOT_ACKED);
                 let seq = w.history.len() as u64;
                 if w.depth == 1 && w.qd1_until == seq - 1 {
                     w.qd1_until = seq;
@@ -258,11 +339,16 @@ impl Workload {
                 w.inflight += 1;
                 w.sent_at.insert(seq, Instant::now());
                 drop(w);
-                let data = payload(block, seq);
-                if sender
-                    .send(CMD_WRITE, seq, block as u64 * stride, BLOCK as u32, &data)
-                    .is_err()
-                {
+                let offset = block as u64 * stride;
+                let sent = match kind {
+                    OpKind::Write => {
+                        let data = payload(block, seq);
+                        sender.send(CMD_WRITE, seq, offset, BLOCK as u32, &data)
+                    }
+                    OpKind::Trim => sender.send(CMD_TRIM, seq, offset, BLOCK as u32, &[]),
+                    OpKind::Zero => sender.send(CMD_WRITE_ZEROES, seq, offset, BLOCK as u32, &[]),
+                };
+                if sent.is_err() {
                     return;
                 }
                 if let Some(p) = cfg.pace {
@@ -330,6 +416,17 @@ impl Workload {
         Ok(record)
     }
 
+    /// Stops sending, waits for the in-flight requests (or for the server
+    /// to be gone), and returns the record, errors and all: for campaigns
+    /// where failed requests are expected and recorded as unknown.
+    pub fn finish(mut self) -> Record {
+        self.with(|w| w.stop = true);
+        for t in self.threads.drain(..) {
+            t.join().expect("workload thread panicked");
+        }
+        std::mem::take(&mut *self.state.0.lock().unwrap())
+    }
+
     /// Waits for the threads after the server died.
     pub fn join_dead(mut self) -> Record {
         for t in self.threads.drain(..) {
@@ -375,54 +472,6 @@ pub fn read_blocks_nbd(
         .collect::<Result<Vec<_>>>()?;
     let _ = client.disconnect();
     Ok(out)
-}
-
-/// Every acknowledged write is present: a block whose last write was
-/// acknowledged holds exactly it; one with a write in flight holds that or
-/// the last acknowledged one. Returns the number of blocks checked with an
-/// acknowledged write.
-pub fn check_acked(
-    contents: &[Vec<u8>],
-    blocks: &[BlockState],
-) -> std::result::Result<u64, String> {
-    let mut checked = 0;
-    for (b, state) in blocks.iter().enumerate() {
-        let found = decode(b as u32, &contents[b])?;
-        let ok = match state.inflight {
-            None => found == state.last_acked,
-            Some(pending) => found == Some(pending) || found == state.last_acked,
-        };
-        if !ok {
-            return Err(format!(
-                "block {b} holds {found:?}; its last acknowledged write is {:?}{}",
-                state.last_acked,
-                state
-                    .inflight
-                    .map_or(String::new(), |p| format!(" (write {p} was in flight)"))
-            ));
-        }
-        checked += state.last_acked.is_some() as u64;
-    }
-    Ok(checked)
-}
-
-/// Invariant 1: every write acknowledged before the last completed FLUSH
-/// is present, or its block holds a later write issued to it.
-pub fn check_flushed(contents: &[Vec<u8>], record: &Record) -> std::result::Result<u64, String> {
-    let covered = &record.acked_order[..record.acked_before_flush as usize];
-    for &seq in covered {
-        let block = record.history[seq as usize - 1];
-        let found = decode(block, &contents[block as usize])?;
-        match found {
-            Some(s) if s >= seq && record.history[s as usize - 1] == block => {}
-            other => {
-                return Err(format!(
-                    "write {seq} to block {block} was acknowledged before a completed FLUSH but the copy holds {other:?}"
-                ))
-            }
-        }
-    }
-    Ok(covered.len() as u64)
 }
 
 /// Invariant 2 on a QD1 history: the range of N such that every block
@@ -510,6 +559,186 @@ pub fn check_final(contents: &[Vec<u8>], history: &[u32]) -> std::result::Result
     Ok(())
 }
 
+/// What a copy must hold at least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Required {
+    /// Every acknowledged write (a process crash keeps the page cache).
+    Acked,
+    /// Every write acknowledged before the last completed FLUSH
+    /// (invariant 1; a power loss).
+    Flushed,
+}
+
+/// Each block's writes (sequence numbers) in issue order.
+fn writes_per_block(record: &Record, blocks: usize) -> Vec<Vec<u64>> {
+    let mut per = vec![Vec::new(); blocks];
+    for (i, &b) in record.history.iter().enumerate() {
+        per[b as usize].push(i as u64 + 1);
+    }
+    per
+}
+
+/// Where in its block's list of writes a copy's block stands: `Some(i)`
+/// for the i-th write, `None` for zeros with no write (the initial state).
+/// Zeros also match every TRIM or WRITE_ZEROES.
+fn versions(
+    record: &Record,
+    block: u32,
+    writes: &[u64],
+    data: &[u8],
+) -> std::result::Result<Vec<Option<usize>>, String> {
+    match decode(block, data)? {
+        Some(seq) => match writes.iter().position(|&w| w == seq) {
+            Some(i) if record.kinds[seq as usize - 1] == OpKind::Write => Ok(vec![Some(i)]),
+            _ => Err(format!(
+                "block {block} holds seq {seq}, never written to it"
+            )),
+        },
+        None => Ok(std::iter::once(None)
+            .chain(
+                writes
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &w)| record.kinds[w as usize - 1] != OpKind::Write)
+                    .map(|(i, _)| Some(i)),
+            )
+            .collect()),
+    }
+}
+
+/// Every write `required` names is present in the copy, or overwritten by
+/// a later request to its block (which may or may not have been
+/// acknowledged): for any history, TRIM and WRITE_ZEROES included, over
+/// any number of sessions. Returns how many blocks had a required write.
+pub fn check_holds(
+    contents: &[Vec<u8>],
+    record: &Record,
+    required: Required,
+) -> std::result::Result<u64, String> {
+    let needed: std::collections::HashSet<u64> = match required {
+        Required::Acked => record.acked_order.iter().copied().collect(),
+        Required::Flushed => record.acked_order[..record.acked_before_flush as usize]
+            .iter()
+            .copied()
+            .collect(),
+    };
+    let per = writes_per_block(record, contents.len());
+    let mut checked = 0;
+    for (b, writes) in per.iter().enumerate() {
+        let must = writes.iter().rposition(|w| needed.contains(w));
+        let found = versions(record, b as u32, writes, &contents[b])?;
+        let ok = found.iter().any(|v| match (v, must) {
+            (_, None) => true,
+            (Some(i), Some(m)) => *i >= m,
+            (None, Some(_)) => false,
+        });
+        if !ok {
+            let m = must.expect("not ok implies a required write");
+            return Err(format!(
+                "block {b}: write {} ({:?}, {required:?}) is missing: the copy holds {}",
+                writes[m],
+                record.kinds[writes[m] as usize - 1],
+                describe_found(b as u32, &contents[b])
+            ));
+        }
+        checked += must.is_some() as u64;
+    }
+    Ok(checked)
+}
+
+fn describe_found(block: u32, data: &[u8]) -> String {
+    match decode(block, data) {
+        Ok(Some(seq)) => format!("write {seq}"),
+        Ok(None) => "zeros".into(),
+        Err(e) => e,
+    }
+}
+
+/// Invariant 2 on a pipelined history: the copy is the volume after some
+/// prefix of the LSN order. The client does not know LSNs, but it knows
+/// that a write acknowledged before another was sent was journaled first;
+/// so no write the copy holds may have been sent after the acknowledgement
+/// of a write the copy misses. Returns the number of blocks that hold a
+/// write.
+pub fn check_cut(contents: &[Vec<u8>], record: &Record) -> std::result::Result<u64, String> {
+    let per = writes_per_block(record, contents.len());
+    // Per block, each reading of its content: (sent clock of the version
+    // held, acked clock of the next write, which the copy misses).
+    let mut options: Vec<Vec<(u64, u64)>> = Vec::with_capacity(per.len());
+    let mut holding = 0;
+    for (b, writes) in per.iter().enumerate() {
+        let found = versions(record, b as u32, writes, &contents[b])?;
+        holding += found.iter().all(|v| v.is_some()) as u64;
+        options.push(
+            found
+                .iter()
+                .map(|v| {
+                    let (sent, next) = match v {
+                        None => (0, 0),
+                        Some(i) => (record.sent_clock[writes[*i] as usize - 1], i + 1),
+                    };
+                    let missing_ack = writes
+                        .get(next)
+                        .map_or(NOT_ACKED, |&w| record.acked_clock[w as usize - 1]);
+                    (sent, missing_ack)
+                })
+                .collect(),
+        );
+    }
+    // A reading per block with max(sent) < min(missing ack): try every
+    // bound T on the sent clocks, taking per block the reading with the
+    // latest missing ack among those sent by T.
+    let mut bounds: Vec<u64> = options.iter().flatten().map(|o| o.0).collect();
+    bounds.sort_unstable();
+    bounds.dedup();
+    let mut worst: Option<usize> = None;
+    for &t in &bounds {
+        let mut min_ack = (NOT_ACKED, usize::MAX);
+        let mut feasible = true;
+        for (b, opts) in options.iter().enumerate() {
+            match opts.iter().filter(|o| o.0 <= t).map(|o| o.1).max() {
+                Some(ack) if ack < min_ack.0 => min_ack = (ack, b),
+                Some(_) => {}
+                None => {
+                    feasible = false;
+                    break;
+                }
+            }
+        }
+        if !feasible {
+            continue;
+        }
+        if min_ack.0 > t {
+            return Ok(holding);
+        }
+        worst = Some(min_ack.1);
+    }
+    // Name two blocks: the one holding the latest write that no reading
+    // avoids, and one missing a write acknowledged before it was sent.
+    let missing_block = worst.unwrap_or(0);
+    let late = (0..options.len())
+        .max_by_key(|&b| options[b].iter().map(|o| o.0).min().unwrap_or(0))
+        .unwrap_or(0);
+    Err(format!(
+        "not a prefix of the write order: block {late} holds {}, sent after block {missing_block}'s next write was acknowledged, yet block {missing_block} holds {}",
+        describe_found(late as u32, &contents[late]),
+        describe_found(missing_block as u32, &contents[missing_block])
+    ))
+}
+
+/// Two copies hold the same blocks; the first difference named.
+pub fn check_same(a: &[Vec<u8>], b: &[Vec<u8>]) -> std::result::Result<(), String> {
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        None if a.len() == b.len() => Ok(()),
+        None => Err(format!("{} blocks against {}", a.len(), b.len())),
+        Some(i) => Err(format!(
+            "block {i}: {} against {}",
+            describe_found(i as u32, &a[i]),
+            describe_found(i as u32, &b[i])
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +749,89 @@ mod tests {
             c[b as usize] = payload(b, s);
         }
         c
+    }
+
+    /// A record of `ops` (block, kind, sent clock, acked clock or None),
+    /// sequence numbers in order.
+    fn record(ops: &[(u32, OpKind, u64, Option<u64>)]) -> Record {
+        let mut r = Record::default();
+        for &(b, k, sent, acked) in ops {
+            r.history.push(b);
+            r.kinds.push(k);
+            r.sent_clock.push(sent);
+            r.acked_clock.push(acked.unwrap_or(NOT_ACKED));
+            if acked.is_some() {
+                r.acked_order.push(r.history.len() as u64);
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn cuts_of_a_pipelined_history() {
+        use OpKind::*;
+        // 1: block 0 sent at 1, acked at 4; 2: block 1 sent at 2, acked at
+        // 3; 3: block 2 sent at 5 (after both acks), acked at 6.
+        let r = record(&[
+            (0, Write, 1, Some(4)),
+            (1, Write, 2, Some(3)),
+            (2, Write, 5, Some(6)),
+        ]);
+        // Writes 1 and 2 were in flight together: either alone is a cut.
+        assert!(check_cut(&contents(3, &[(0, 1)]), &r).is_ok());
+        assert!(check_cut(&contents(3, &[(1, 2)]), &r).is_ok());
+        assert!(check_cut(&contents(3, &[(0, 1), (1, 2), (2, 3)]), &r).is_ok());
+        // Write 3 was sent after 1 and 2 were acknowledged: not without them.
+        let err = check_cut(&contents(3, &[(1, 2), (2, 3)]), &r).unwrap_err();
+        assert!(err.contains("block 2") && err.contains("block 0"), "{err}");
+        assert!(check_cut(&contents(3, &[(0, 1), (2, 3)]), &r).is_err());
+        // 4: a trim of block 0 sent at 7, acked at 8; 5: block 1 at 9.
+        let r = record(&[
+            (0, Write, 1, Some(4)),
+            (1, Write, 2, Some(3)),
+            (2, Write, 5, Some(6)),
+            (0, Trim, 7, Some(8)),
+            (1, Write, 9, Some(10)),
+        ]);
+        // Zeros on block 0 may now be the trim: with 2 and 3, a cut.
+        assert!(check_cut(&contents(3, &[(1, 2), (2, 3)]), &r).is_ok());
+        // Write 5 present while block 0 still holds write 1 (the trim,
+        // acknowledged before 5 was sent, missing): not.
+        assert!(check_cut(&contents(3, &[(0, 1), (1, 5), (2, 3)]), &r).is_err());
+        // A foreign write is named.
+        assert!(check_cut(&contents(3, &[(2, 1)]), &r).is_err());
+    }
+
+    #[test]
+    fn holds_over_trims_and_unknown_outcomes() {
+        use OpKind::*;
+        let mut r = record(&[
+            (0, Write, 1, Some(2)),
+            (0, Zero, 3, Some(4)),
+            (1, Write, 5, Some(6)),
+            (1, Write, 7, None), // unknown outcome
+            (2, Trim, 9, None),
+        ]);
+        r.acked_before_flush = 1; // only write 1 was flushed
+                                  // Block 0 zeroed (write 2, acknowledged), block 1 either write.
+        for held in [&[(1, 3)][..], &[(1, 4)][..]] {
+            assert_eq!(check_holds(&contents(3, held), &r, Required::Acked), Ok(2));
+        }
+        // Block 0 still write 1: the acknowledged zeroing is missing...
+        let err = check_holds(&contents(3, &[(0, 1), (1, 3)]), &r, Required::Acked).unwrap_err();
+        assert!(err.contains("block 0") && err.contains("Zero"), "{err}");
+        // ... which only the acknowledged level requires.
+        assert_eq!(
+            check_holds(&contents(3, &[(0, 1)]), &r, Required::Flushed),
+            Ok(1)
+        );
+        // Zeros where a flushed write belongs (write 3, once flushed).
+        r.acked_before_flush = 3;
+        let err = check_holds(&contents(3, &[]), &r, Required::Flushed).unwrap_err();
+        assert!(err.contains("block 1: write 3"), "{err}");
+        assert!(check_same(&contents(3, &[(0, 1)]), &contents(3, &[(0, 1)])).is_ok());
+        let err = check_same(&contents(3, &[(0, 1)]), &contents(3, &[])).unwrap_err();
+        assert_eq!(err, "block 0: write 1 against zeros");
     }
 
     #[test]
@@ -553,38 +865,31 @@ mod tests {
     }
 
     #[test]
-    fn flushed_and_acked_checks_catch_missing_writes() {
-        let record = Record {
-            history: vec![0, 1, 0],
-            acked_order: vec![1, 2, 3],
-            acked_before_flush: 2,
-            ..Record::default()
-        };
+    fn flushed_and_acked_writes_are_required() {
+        use OpKind::*;
+        // Writes 1..=3 to blocks 0, 1, 0, all acknowledged; the FLUSH
+        // covered 1 and 2; write 4 to block 1 in flight (unknown).
+        let mut r = record(&[
+            (0, Write, 1, Some(2)),
+            (1, Write, 3, Some(4)),
+            (0, Write, 5, Some(6)),
+            (1, Write, 7, None),
+        ]);
+        r.acked_before_flush = 2;
         // Write 1 was overwritten by 3: fine; write 2 is there.
         assert_eq!(
-            check_flushed(&contents(2, &[(0, 3), (1, 2)]), &record),
+            check_holds(&contents(2, &[(0, 3), (1, 2)]), &r, Required::Flushed),
             Ok(2)
         );
         // Write 2 (before the flush) missing.
-        assert!(check_flushed(&contents(2, &[(0, 3)]), &record).is_err());
-        // Write 3 came after the flush: may be missing.
-        assert_eq!(
-            check_flushed(&contents(2, &[(0, 1), (1, 2)]), &record),
-            Ok(2)
-        );
-
-        let blocks = vec![
-            BlockState {
-                last_acked: Some(3),
-                inflight: None,
-            },
-            BlockState {
-                last_acked: Some(2),
-                inflight: Some(4),
-            },
-        ];
-        assert_eq!(check_acked(&contents(2, &[(0, 3), (1, 4)]), &blocks), Ok(2));
-        assert_eq!(check_acked(&contents(2, &[(0, 3), (1, 2)]), &blocks), Ok(2));
-        assert!(check_acked(&contents(2, &[(0, 1), (1, 2)]), &blocks).is_err());
+        assert!(check_holds(&contents(2, &[(0, 3)]), &r, Required::Flushed).is_err());
+        // Write 3 came after the flush: may be missing, not after a crash.
+        let old = contents(2, &[(0, 1), (1, 2)]);
+        assert_eq!(check_holds(&old, &r, Required::Flushed), Ok(2));
+        assert!(check_holds(&old, &r, Required::Acked).is_err());
+        // The write in flight may or may not be there.
+        for held in [&[(0, 3), (1, 4)][..], &[(0, 3), (1, 2)][..]] {
+            assert_eq!(check_holds(&contents(2, held), &r, Required::Acked), Ok(2));
+        }
     }
 }

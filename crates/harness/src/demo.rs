@@ -402,6 +402,8 @@ fn run_workload(
             depth: WORKLOAD_DEPTH,
             flush_every: FLUSH_EVERY_REQUESTS,
             pace: Some(WORKLOAD_PACE),
+            trim_percent: 0,
+            zero_percent: 0,
         },
     )?;
     println!();
