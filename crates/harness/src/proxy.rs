@@ -8,7 +8,8 @@
 //! While cut, UDP datagrams are dropped both ways; TCP connections are
 //! closed and new ones are closed as soon as they are accepted. A delay is
 //! applied one way, per datagram or per read chunk, in both directions, and
-//! keeps order (every item waits the same time in a FIFO).
+//! keeps order (items wait in a FIFO). Delay and UDP loss can change while
+//! the proxy runs ([`ProxyHandle::set_delay`], [`ProxyHandle::set_loss`]).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -58,11 +59,31 @@ pub struct ProxyStats {
     pub dropped: AtomicU64,
 }
 
+/// The link's delay and loss, read per datagram or chunk.
+#[derive(Default, Debug)]
+struct Shape {
+    delay_us: AtomicU64,
+    /// UDP datagrams dropped, per 1000 (TCP is reliable: only delayed).
+    loss_per_mille: AtomicU64,
+}
+
+impl Shape {
+    fn delay(&self) -> Duration {
+        Duration::from_micros(self.delay_us.load(Ordering::Relaxed))
+    }
+
+    fn lose(&self) -> bool {
+        let loss = self.loss_per_mille.load(Ordering::Relaxed);
+        loss > 0 && rand::random::<u64>() % 1000 < loss
+    }
+}
+
 /// A running proxy; dropping it stops it (every task is aborted and every
 /// socket closed).
 pub struct ProxyHandle {
     local_addr: SocketAddr,
     cut: watch::Sender<bool>,
+    shape: Arc<Shape>,
     stats: Arc<ProxyStats>,
     tasks: JoinSet<()>,
 }
@@ -85,6 +106,20 @@ impl ProxyHandle {
 
     pub fn is_cut(&self) -> bool {
         *self.cut.borrow()
+    }
+
+    /// The one-way delay from now on (items already queued keep theirs).
+    pub fn set_delay(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.shape.delay_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Drops this share of UDP datagrams, both ways, from now on (0.0–1.0).
+    pub fn set_loss(&self, share: f64) {
+        let per_mille = (share.clamp(0.0, 1.0) * 1000.0).round() as u64;
+        self.shape
+            .loss_per_mille
+            .store(per_mille, Ordering::Relaxed);
     }
 
     /// (forwarded, dropped) so far.
@@ -114,6 +149,9 @@ impl Proxy {
     ) -> Result<ProxyHandle> {
         let (cut, cut_rx) = watch::channel(false);
         let stats = Arc::new(ProxyStats::default());
+        let shape = Arc::new(Shape::default());
+        let delay_us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        shape.delay_us.store(delay_us, Ordering::Relaxed);
         let mut tasks = JoinSet::new();
         let local_addr = match protocol {
             Protocol::Udp => {
@@ -126,7 +164,7 @@ impl Proxy {
                 tasks.spawn(udp_front(
                     Arc::new(front),
                     upstream,
-                    delay,
+                    shape.clone(),
                     cut_rx,
                     stats.clone(),
                 ));
@@ -139,13 +177,20 @@ impl Proxy {
                 let local = listener
                     .local_addr()
                     .map_err(|e| HarnessError::io("reading the TCP address", e))?;
-                tasks.spawn(tcp_accept(listener, upstream, delay, cut_rx, stats.clone()));
+                tasks.spawn(tcp_accept(
+                    listener,
+                    upstream,
+                    shape.clone(),
+                    cut_rx,
+                    stats.clone(),
+                ));
                 local
             }
         };
         Ok(ProxyHandle {
             local_addr,
             cut,
+            shape,
             stats,
             tasks,
         })
@@ -153,17 +198,17 @@ impl Proxy {
 }
 
 /// One direction's delay line: items enter with their size reserved against
-/// a byte budget and leave `delay` after they entered, in order.
+/// a byte budget and leave the link's delay after they entered, in order.
 struct DelayLine {
     tx: mpsc::UnboundedSender<(Instant, Vec<u8>)>,
     budget: Arc<Semaphore>,
-    delay: Duration,
+    shape: Arc<Shape>,
 }
 
 impl DelayLine {
     /// Starts the line; `deliver` sends one item (an error ends the line).
     fn start<F, Fut>(
-        delay: Duration,
+        shape: Arc<Shape>,
         mut cut: watch::Receiver<bool>,
         stats: Arc<ProxyStats>,
         tasks: &mut JoinSet<()>,
@@ -194,16 +239,21 @@ impl DelayLine {
                 release.add_permits(len);
             }
         });
-        DelayLine { tx, budget, delay }
+        DelayLine { tx, budget, shape }
     }
 
-    /// UDP: queue or drop when the budget is spent.
+    /// UDP: queue, or drop when the budget is spent or the link loses it.
     fn try_push(&self, data: Vec<u8>) -> bool {
+        if self.shape.lose() {
+            return false;
+        }
         let Ok(permit) = self.budget.try_acquire_many(permit_count(data.len())) else {
             return false;
         };
         permit.forget();
-        self.tx.send((Instant::now() + self.delay, data)).is_ok()
+        self.tx
+            .send((Instant::now() + self.shape.delay(), data))
+            .is_ok()
     }
 
     /// TCP: wait for budget (back-pressure).
@@ -212,7 +262,9 @@ impl DelayLine {
             return false;
         };
         permit.forget();
-        self.tx.send((Instant::now() + self.delay, data)).is_ok()
+        self.tx
+            .send((Instant::now() + self.shape.delay(), data))
+            .is_ok()
     }
 }
 
@@ -231,7 +283,7 @@ struct Mapping {
 async fn udp_front(
     front: Arc<UdpSocket>,
     upstream: SocketAddr,
-    delay: Duration,
+    shape: Arc<Shape>,
     mut cut: watch::Receiver<bool>,
     stats: Arc<ProxyStats>,
 ) {
@@ -262,7 +314,7 @@ async fn udp_front(
                     mappings.remove(&oldest);
                 }
             }
-            match udp_mapping(&front, client, upstream, delay, &cut, &stats).await {
+            match udp_mapping(&front, client, upstream, &shape, &cut, &stats).await {
                 Ok(m) => {
                     mappings.insert(client, m);
                 }
@@ -287,7 +339,7 @@ async fn udp_mapping(
     front: &Arc<UdpSocket>,
     client: SocketAddr,
     upstream: SocketAddr,
-    delay: Duration,
+    shape: &Arc<Shape>,
     cut: &watch::Receiver<bool>,
     stats: &Arc<ProxyStats>,
 ) -> std::io::Result<Mapping> {
@@ -301,15 +353,27 @@ async fn udp_mapping(
     let mut tasks = JoinSet::new();
 
     let up = socket.clone();
-    let to_upstream = DelayLine::start(delay, cut.clone(), stats.clone(), &mut tasks, move |d| {
-        let up = up.clone();
-        async move { up.send(&d).await.map(|_| ()) }
-    });
+    let to_upstream = DelayLine::start(
+        shape.clone(),
+        cut.clone(),
+        stats.clone(),
+        &mut tasks,
+        move |d| {
+            let up = up.clone();
+            async move { up.send(&d).await.map(|_| ()) }
+        },
+    );
     let front_tx = front.clone();
-    let to_client = DelayLine::start(delay, cut.clone(), stats.clone(), &mut tasks, move |d| {
-        let front = front_tx.clone();
-        async move { front.send_to(&d, client).await.map(|_| ()) }
-    });
+    let to_client = DelayLine::start(
+        shape.clone(),
+        cut.clone(),
+        stats.clone(),
+        &mut tasks,
+        move |d| {
+            let front = front_tx.clone();
+            async move { front.send_to(&d, client).await.map(|_| ()) }
+        },
+    );
     let mut cut_rx = cut.clone();
     let stats_rx = stats.clone();
     tasks.spawn(async move {
@@ -335,7 +399,7 @@ async fn udp_mapping(
 async fn tcp_accept(
     listener: TcpListener,
     upstream: SocketAddr,
-    delay: Duration,
+    shape: Arc<Shape>,
     cut: watch::Receiver<bool>,
     stats: Arc<ProxyStats>,
 ) {
@@ -363,10 +427,9 @@ async fn tcp_accept(
             drop(client);
             continue;
         };
-        let cut = cut.clone();
-        let stats = stats.clone();
+        let (cut, stats, shape) = (cut.clone(), stats.clone(), shape.clone());
         conns.spawn(async move {
-            tcp_relay(client, upstream, delay, cut, stats).await;
+            tcp_relay(client, upstream, shape, cut, stats).await;
             drop(slot);
         });
     }
@@ -375,7 +438,7 @@ async fn tcp_accept(
 async fn tcp_relay(
     client: TcpStream,
     upstream: SocketAddr,
-    delay: Duration,
+    shape: Arc<Shape>,
     mut cut: watch::Receiver<bool>,
     stats: Arc<ProxyStats>,
 ) {
@@ -393,8 +456,8 @@ async fn tcp_relay(
     let (client_r, client_w) = client.into_split();
     let (server_r, server_w) = server.into_split();
     let mut tasks = JoinSet::new();
-    let up = tcp_direction(client_r, server_w, delay, &cut, &stats, &mut tasks);
-    let down = tcp_direction(server_r, client_w, delay, &cut, &stats, &mut tasks);
+    let up = tcp_direction(client_r, server_w, &shape, &cut, &stats, &mut tasks);
+    let down = tcp_direction(server_r, client_w, &shape, &cut, &stats, &mut tasks);
     tasks.spawn(up);
     tasks.spawn(down);
     // The relay ends when both directions finished or the link is cut;
@@ -425,14 +488,14 @@ async fn tcp_relay(
 fn tcp_direction(
     mut from: tokio::net::tcp::OwnedReadHalf,
     to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
+    shape: &Arc<Shape>,
     cut: &watch::Receiver<bool>,
     stats: &Arc<ProxyStats>,
     tasks: &mut JoinSet<()>,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let to = Arc::new(tokio::sync::Mutex::new(to));
     let writer = to.clone();
-    let line = DelayLine::start(delay, cut.clone(), stats.clone(), tasks, move |d| {
+    let line = DelayLine::start(shape.clone(), cut.clone(), stats.clone(), tasks, move |d| {
         let writer = writer.clone();
         async move {
             let mut w = writer.lock().await;
@@ -683,6 +746,34 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buf[..n], b"b");
+    }
+
+    #[tokio::test]
+    async fn udp_delay_and_loss_change_while_running() {
+        let (echo, _task) = udp_echo().await;
+        let proxy = Proxy::start(Protocol::Udp, lo(), echo, Duration::ZERO)
+            .await
+            .unwrap();
+        let client = UdpSocket::bind(lo()).await.unwrap();
+        client.connect(proxy.local_addr()).await.unwrap();
+        assert!(udp_roundtrip(&client, b"x").await.is_some());
+        // Each way loses 1 in 2: about 1 round trip in 4 gets through.
+        proxy.set_loss(0.5);
+        let mut back = 0;
+        for i in 0..200u8 {
+            client.send(&[i]).await.unwrap();
+        }
+        let mut buf = [0u8; 16];
+        while let Ok(Ok(_)) = tokio::time::timeout(STEP, client.recv(&mut buf)).await {
+            back += 1;
+        }
+        assert!((20..=90).contains(&back), "{back} of 200 came back");
+        proxy.set_loss(0.0);
+        let delay = Duration::from_millis(60);
+        proxy.set_delay(delay);
+        let start = Instant::now();
+        assert!(udp_roundtrip(&client, b"slow").await.is_some());
+        assert!(start.elapsed() >= 2 * delay, "{:?}", start.elapsed());
     }
 
     async fn tcp_echo() -> SocketAddr {
