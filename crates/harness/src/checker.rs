@@ -114,7 +114,7 @@ pub struct KillPoint {
 }
 
 /// What the workload recorded.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Record {
     pub blocks: Vec<BlockState>,
     /// `history[seq - 1]`: the block of write `seq`, in issue order.
@@ -142,6 +142,10 @@ pub struct Record {
     pub completions: Vec<(Instant, Duration)>,
     pub killed: Option<KillPoint>,
     pub errors: Vec<String>,
+    /// Requests answered with an NBD error: (cookie, error). Each is also
+    /// in `errors`; a campaign that expects them checks that nothing else
+    /// is.
+    pub failed: Vec<(u64, u32)>,
     depth: usize,
     inflight: usize,
     sent_at: HashMap<u64, Instant>,
@@ -234,6 +238,7 @@ impl Workload {
                         "request {:#x} failed with NBD error {}",
                         reply.cookie, reply.error
                     ));
+                    w.failed.push((reply.cookie, reply.error));
                 }
                 if reply.cookie & FLUSH_COOKIE_BIT != 0 {
                     let Some(covered) = w.flushes.remove(&reply.cookie) else {

@@ -56,6 +56,13 @@ impl Site {
         })
     }
 
+    /// Keeps a temporary site's directory after the site is dropped.
+    pub fn keep(&mut self) {
+        if let Some(t) = self._temp.take() {
+            let _ = t.keep();
+        }
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -284,9 +291,22 @@ pub struct NodeProc {
 impl NodeProc {
     /// Starts `driftless run --config PATH` and waits for `node NAME ready`.
     pub fn start(dir: &Path, config_path: &Path) -> Result<NodeProc> {
+        Self::start_in(dir, config_path, &[])
+    }
+
+    /// [`NodeProc::start`] through `wrapper` (a command that execs the
+    /// rest, such as `ip netns exec NS`).
+    pub fn start_in(dir: &Path, config_path: &Path, wrapper: &[String]) -> Result<NodeProc> {
         let config = NodeConfig::load(config_path)?;
         let name = config.node.name.clone();
-        let mut cmd = Command::new(crate::driftless_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(crate::driftless_bin());
+                c
+            }
+            None => Command::new(crate::driftless_bin()),
+        };
         cmd.arg("run").arg("--config").arg(config_path).env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

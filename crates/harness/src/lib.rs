@@ -11,6 +11,7 @@
 //! - [`checker`]: the one consistency checker: a recording NBD workload and
 //!   the checks of invariants 1 and 2 on any copy.
 //! - [`demo`]: the README's main command, a short scenario on the above.
+//! - [`torture`]: seeded fault campaigns (`driftless-torture`) on the above.
 
 pub mod checker;
 pub mod cluster;
@@ -21,6 +22,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod serve;
+pub mod torture;
 
 pub use error::{HarnessError, Result};
 pub use skip;
@@ -38,23 +40,28 @@ macro_rules! require_root {
 }
 
 /// The `driftless` binary: `$DRIFTLESS_BIN`, else this executable when it
-/// is driftless itself (the demo), else the one built beside the test
-/// executable (`target/<profile>/deps/<test>` → `target/<profile>/driftless`).
+/// is driftless itself (the demo), else the one built beside this
+/// executable (`driftless-torture`) or beside the test executable
+/// (`target/<profile>/deps/<test>` → `target/<profile>/driftless`).
 pub fn driftless_bin() -> std::path::PathBuf {
     if let Some(path) = std::env::var_os("DRIFTLESS_BIN") {
         return path.into();
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().expect("an executable has a directory");
-    if dir.file_name().is_some_and(|n| n == "deps") {
-        let bin = dir.parent().expect("deps has a parent").join("driftless");
-        assert!(
-            bin.exists(),
-            "{} not found: build it first (`cargo build --release -p driftless`) or set DRIFTLESS_BIN",
-            bin.display()
-        );
-        bin
-    } else {
-        exe
+    if exe.file_stem().is_some_and(|n| n == "driftless") {
+        return exe;
     }
+    let dir = exe.parent().expect("an executable has a directory");
+    let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent")
+    } else {
+        dir
+    };
+    let bin = dir.join("driftless");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --release -p driftless`) or set DRIFTLESS_BIN",
+        bin.display()
+    );
+    bin
 }

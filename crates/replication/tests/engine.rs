@@ -1036,3 +1036,258 @@ async fn hostile_frames_close_their_session_and_the_real_primary_is_served() {
     drop(raw);
     assert_same_volume(dp.path(), da.path());
 }
+
+/// A primary with a valid certificate that misbehaves after a valid
+/// handshake: it sends `Hello` (from `hello`), waits for the HelloAck,
+/// then writes `after` (raw bytes: frames, broken frames) and reads until
+/// the secondary closes. Returns whether a HelloAck came.
+async fn hostile_session(
+    addr: SocketAddr,
+    evil: &TlsIdentity,
+    hello: wire::Hello,
+    after: Vec<u8>,
+) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = wire::Limits::default();
+    let mut tls = transport::connect_tcp(addr, "node-a", evil).await.unwrap();
+    let frame = wire::encode_frame(&wire::Message::Hello(hello), &limits).unwrap();
+    tls.stream.write_all(&frame.to_bytes()).await.unwrap();
+    let mut decoder = wire::Decoder::new(limits);
+    let mut acked = false;
+    let mut buf = vec![0u8; 64 << 10];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = match tokio::time::timeout_at(deadline, tls.stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return acked,
+        };
+        decoder.feed(&buf[..n]);
+        while let Ok(Some(m)) = decoder.next_message() {
+            if let wire::Message::HelloAck(_) = m {
+                acked = true;
+                let _ = tls.stream.write_all(&after).await;
+                let _ = tls.stream.flush().await;
+            }
+        }
+    }
+}
+
+fn frame(msg: &wire::Message) -> Vec<u8> {
+    wire::encode_frame(msg, &wire::Limits::default())
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+/// A write record at `lsn` of generation `g`, its digest right.
+fn write_record(lsn: u64, g: u64, offset: u64, fill: u8) -> wire::WireRecord {
+    let payload = Bytes::from(vec![fill; 4096]);
+    wire::WireRecord {
+        lsn,
+        generation: g,
+        kind: wire::RecordKind::Write,
+        offset,
+        len: 4096,
+        blake3: *blake3::hash(&payload).as_bytes(),
+        payload,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_primaries_with_valid_certificates_are_refused_naming_why_and_change_nothing() {
+    logs();
+    let pki = Pki::new();
+    let uuid = Uuid::new_v4();
+    let da = tempfile::tempdir().unwrap();
+    let sa = open_store(da.path(), uuid).await;
+    let a = Secondary::start(
+        sa.clone(),
+        secondary_cfg(pki.identity("node-a"), "node-a", any_port(), None),
+    )
+    .await
+    .unwrap();
+    let addr = a.local_addrs().0.unwrap();
+    let evil = pki.identity("node-evil");
+    let g = 0x5eed;
+    let hello = wire::Hello {
+        protocol_version: wire::PROTOCOL_VERSION,
+        node_id: "node-evil".into(),
+        volume_uuid: uuid,
+        volume_size_bytes: VOL_BYTES,
+        region_bytes: REGION_BYTES,
+        lineage: vec![wire::LineageEntry {
+            generation_id: g,
+            start_lsn: 1,
+            unknown_before: false,
+        }],
+        role: wire::Role::Primary,
+        durable_lsn: 0,
+        data_state: wire::DataState::Consistent,
+        overwrite: false,
+        empty: false,
+        discarding: false,
+        fenced: false,
+    };
+    let volume = da.path().join("volume.img");
+    let untouched = std::fs::read(&volume).unwrap();
+    let records = |first: u64, recs: Vec<wire::WireRecord>| {
+        frame(&wire::Message::Records {
+            first_lsn: first,
+            records: recs,
+        })
+    };
+    let mut bad_digest = write_record(1, g, 0, 1);
+    bad_digest.blake3 = *blake3::hash(b"another volume's block").as_bytes();
+    let header = |len: u32| {
+        // magic, version, type (Records), flags, payload length, crc.
+        let mut h = b"DRLS".to_vec();
+        h.extend_from_slice(&wire::PROTOCOL_VERSION.to_le_bytes());
+        h.extend_from_slice(&0x0010u16.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&len.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h
+    };
+    let good = records(1, vec![write_record(1, g, 0, 7)]);
+    let truncated = good[..good.len() / 2].to_vec();
+    let cases: Vec<(&str, wire::Hello, Vec<u8>, &'static str)> = vec![
+        (
+            "an LSN gap",
+            hello.clone(),
+            records(2, vec![write_record(2, g, 0, 1)]),
+            "starts at LSN 2, expected 1",
+        ),
+        (
+            "LSNs that skip inside a batch",
+            hello.clone(),
+            records(
+                1,
+                vec![write_record(1, g, 0, 1), write_record(3, g, 4096, 1)],
+            ),
+            "record LSN 3 in a batch, expected 2",
+        ),
+        (
+            "a write outside the volume",
+            hello.clone(),
+            records(1, vec![write_record(1, g, VOL_BYTES, 1)]),
+            "outside the volume",
+        ),
+        (
+            "a payload whose digest is another block's",
+            hello.clone(),
+            records(1, vec![bad_digest]),
+            "BLAKE3 mismatch",
+        ),
+        (
+            "a generation not in its lineage",
+            hello.clone(),
+            records(1, vec![write_record(1, 0xbad, 0, 1)]),
+            "generation",
+        ),
+        (
+            "a frame header promising 4 GiB",
+            hello.clone(),
+            header(u32::MAX),
+            "frame",
+        ),
+        (
+            "a frame cut in half",
+            hello.clone(),
+            truncated,
+            "session closed",
+        ),
+        (
+            "resync data outside a resync",
+            hello.clone(),
+            frame(&wire::Message::SyncOps {
+                ops: vec![wire::SyncOp {
+                    seq: 1,
+                    kind: wire::SyncOpKind::Data,
+                    offset: 0,
+                    len: 4096,
+                    blake3: *blake3::hash(&[1u8; 4096]).as_bytes(),
+                    data: Bytes::from(vec![1u8; 4096]),
+                }],
+            }),
+            "outside a resync",
+        ),
+    ];
+    // The secondary names why once the session has ended.
+    let reason_naming = |named: &'static str| {
+        let a = a.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let reason = a.status().last_error.unwrap_or_default();
+                if reason.contains(named) || Instant::now() > deadline {
+                    return reason;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for (what, hello, after, named) in cases {
+        let acked = hostile_session(addr, &evil, hello, after).await;
+        assert!(acked, "{what}: the handshake itself was valid");
+        let reason = reason_naming(named).await;
+        eprintln!("{what}: {reason}");
+        assert!(
+            reason.contains(named) && reason.contains("node-evil"),
+            "{what}: the secondary's reason does not name it ({named}): {reason}"
+        );
+        assert_eq!(
+            sa.journal().written_lsn(),
+            0,
+            "{what}: something was journaled"
+        );
+        assert_eq!(
+            std::fs::read(&volume).unwrap(),
+            untouched,
+            "{what}: the volume changed"
+        );
+    }
+    // Refused at the handshake: another volume, another size, a Hello
+    // naming another node than the certificate.
+    for (what, mutate, named) in [
+        (
+            "another volume",
+            Box::new(|h: &mut wire::Hello| h.volume_uuid = Uuid::new_v4())
+                as Box<dyn Fn(&mut wire::Hello)>,
+            "volume",
+        ),
+        (
+            "another size",
+            Box::new(|h: &mut wire::Hello| h.volume_size_bytes *= 2),
+            "size",
+        ),
+        (
+            "another node's name",
+            Box::new(|h: &mut wire::Hello| h.node_id = "node-p".into()),
+            "node-p",
+        ),
+    ] {
+        let mut h = hello.clone();
+        mutate(&mut h);
+        let acked = hostile_session(addr, &evil, h, Vec::new()).await;
+        assert!(!acked, "{what}: a HelloAck came");
+        let reason = reason_naming(named).await;
+        eprintln!("{what}: {reason}");
+        assert!(reason.contains(named), "{what}: {reason}");
+        assert_eq!(
+            sa.journal().written_lsn(),
+            0,
+            "{what}: something was journaled"
+        );
+    }
+    // A replay: a valid frame is taken, the same frame again is refused,
+    // and the journal holds the first copy only.
+    let acked = hostile_session(addr, &evil, hello.clone(), [good.clone(), good].concat()).await;
+    assert!(acked);
+    let reason = reason_naming("starts at LSN 1, expected 2").await;
+    assert!(
+        reason.contains("starts at LSN 1, expected 2"),
+        "a replayed frame: {reason}"
+    );
+    assert_eq!(sa.journal().written_lsn(), 1, "exactly the first copy");
+    a.shutdown().await;
+}
