@@ -20,7 +20,10 @@ targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' Cargo.toml | grep -v '^driftless-fuz
 for t in $targets; do
   mkdir -p "corpus/$t" "artifacts/$t"
   out=$(mktemp /tmp/driftless-fuzz.XXXXXX.log)
-  if ! "target/$triple/release/$t" "corpus/$t" -max_total_time="$seconds" \
+  # Checked-in seeds (fuzz/seeds/TARGET) are read too; new finds go to corpus/.
+  seeds=()
+  [ -d "seeds/$t" ] && seeds=("seeds/$t")
+  if ! "target/$triple/release/$t" "corpus/$t" "${seeds[@]}" -max_total_time="$seconds" \
       -artifact_prefix="artifacts/$t/" -print_final_stats=1 >"$out" 2>&1; then
     tail -40 "$out"
     echo "fuzz: $t FAILED (crash input in fuzz/artifacts/$t/)"
