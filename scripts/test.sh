@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(nbdkit libnbd-bin nbdfuse fuse3 fio nbd-server e2fsprogs qemu-utils jq util-linux prometheus)
+packages=(nbdkit libnbd-bin nbdfuse fuse3 fio nbd-server e2fsprogs qemu-utils jq util-linux prometheus iproute2)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

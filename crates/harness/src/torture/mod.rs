@@ -232,14 +232,26 @@ fn workload_cfg() -> WorkloadCfg {
 impl Campaign {
     fn start(site: Site, mode: NetnsMode, seed: u64) -> Result<Campaign> {
         let root = crate::process::is_root();
-        let network = match (mode, root) {
-            (NetnsMode::Off, _) | (NetnsMode::Auto, false) => Network::Loopback,
+        let (network, fallback) = match (mode, root) {
+            (NetnsMode::Off, _) => (Network::Loopback, None),
+            (NetnsMode::Auto, false) => (
+                Network::Loopback,
+                Some("not root: no network namespaces".to_string()),
+            ),
             (NetnsMode::On, false) => {
                 return Err(HarnessError::Check(
                     "--netns on needs root (network namespaces)".into(),
                 ))
             }
-            (_, true) => Network::Namespaces(net::Netns::create(NODES.len())?),
+            (NetnsMode::On, true) => (Network::Namespaces(net::Netns::create(NODES.len())?), None),
+            // A root without the right (a container) still runs the campaign.
+            (NetnsMode::Auto, true) => match net::Netns::create(NODES.len()) {
+                Ok(ns) => (Network::Namespaces(ns), None),
+                Err(e) => (
+                    Network::Loopback,
+                    Some(format!("network namespaces could not be made ({e})")),
+                ),
+            },
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -248,9 +260,10 @@ impl Campaign {
             .build()
             .map_err(|e| HarnessError::io("starting the proxies' runtime", e))?;
         let network_note = match &network {
-            Network::Loopback => {
-                "loopback (not root: partitions cut every proxy of a node; delay and loss by the proxy)".to_string()
-            }
+            Network::Loopback => format!(
+                "loopback ({}: partitions cut every proxy of a node; delay and loss by the proxy)",
+                fallback.as_deref().unwrap_or("--netns off")
+            ),
             Network::Namespaces(ns) => match &ns.netem_missing {
                 None => "a network namespace per node (partitions: links down; delay and loss: netem)".to_string(),
                 Some(why) => format!(
