@@ -18,37 +18,11 @@ use replication::proto::primary::{
 use replication::ResyncLimits;
 use wire::{Message, RecordKind, Rollback, WireRecord};
 
-const VOLUME_BYTES: u64 = 1 << 20;
+#[path = "script.rs"]
+mod script;
+use script::{Input, VOLUME_BYTES};
+
 const REGION_BYTES: u64 = 64 << 10;
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-    fn u16(&mut self) -> Option<u64> {
-        Some(u64::from(self.u8()?) | u64::from(self.u8()?) << 8)
-    }
-    /// An LSN or sequence number near `at`, or far from it.
-    fn near(&mut self, at: u64) -> Option<u64> {
-        Some(match self.u8()? % 8 {
-            0 => u64::MAX - self.u16()?,
-            1 => at + self.u16()?,
-            2 => 0,
-            _ => at.saturating_sub(u64::from(self.u8()? % 4)),
-        })
-    }
-    fn extent(&mut self) -> Option<u64> {
-        Some(match self.u8()? {
-            0 => u64::MAX - self.u16()?,
-            1 => VOLUME_BYTES - self.u16()?,
-            _ => self.u16()? * 512 % (VOLUME_BYTES + 4096),
-        })
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut i = Input(data);

@@ -14,35 +14,9 @@ use libfuzzer_sys::fuzz_target;
 use replication::proto::secondary::{SecondarySession, Step};
 use wire::{LineageEntry, Message, RecordKind, SyncOp, SyncOpKind, WireRecord};
 
-const VOLUME_BYTES: u64 = 1 << 20;
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn u8(&mut self) -> Option<u8> {
-        let (&b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(b)
-    }
-    fn u16(&mut self) -> Option<u64> {
-        Some(u64::from(self.u8()?) | u64::from(self.u8()?) << 8)
-    }
-    /// An offset or length: mostly small and aligned, sometimes huge.
-    fn extent(&mut self) -> Option<u64> {
-        Some(match self.u8()? {
-            0 => u64::MAX - self.u16()?,
-            1 => VOLUME_BYTES - self.u16()?,
-            _ => self.u16()? * 512 % (VOLUME_BYTES + 4096),
-        })
-    }
-    fn digest(&mut self, data: &[u8]) -> Option<[u8; 32]> {
-        let mut d = *blake3::hash(data).as_bytes();
-        if self.u8()? == 0 {
-            d[0] ^= 1;
-        }
-        Some(d)
-    }
-}
+#[path = "script.rs"]
+mod script;
+use script::{Input, VOLUME_BYTES};
 
 fn message(i: &mut Input<'_>, next_lsn: u64, seq: &mut u64) -> Option<Message> {
     Some(match i.u8()? % 6 {
