@@ -200,21 +200,23 @@ enum Network {
 }
 
 struct Campaign {
-    site: Site,
-    /// Runs the proxies (dropping it stops them).
-    _runtime: tokio::runtime::Runtime,
-    network: Network,
-    config_paths: Vec<PathBuf>,
+    // Dropped in this order: the writes stop, the nodes die, then the
+    // links, the namespaces and last the work directory.
+    workload: Option<Workload>,
     nodes: Vec<Option<NodeProc>>,
     /// The link from one node to another, by (from, to).
     proxies: HashMap<(usize, usize), ProxyHandle>,
+    /// Runs the proxies (dropping it stops them).
+    _runtime: tokio::runtime::Runtime,
+    network: Network,
     /// Links cut by the fault and by a freeze, apart.
     fault_cuts: Vec<(usize, usize)>,
     primary: usize,
-    workload: Option<Workload>,
     /// The record between sessions.
     record: Option<Record>,
     summary: Summary,
+    config_paths: Vec<PathBuf>,
+    site: Site,
 }
 
 fn workload_cfg() -> WorkloadCfg {
