@@ -682,7 +682,7 @@ async fn session(
         writer,
     )
     .await;
-    add_sent_bytes(peer, &mut session);
+    peer.view.send_modify(|v| add_sent_bytes(v, &mut session));
     if matches!(end, SessionEnd::Shutdown) {
         // Let the Bye reach the peer before the QUIC connection closes.
         guard.linger(LINGER).await;
@@ -1250,19 +1250,15 @@ async fn clear(inner: &Inner, peer: &Peer, regions: &mut Vec<u64>) -> Result<(),
         .map_err(|e| format!("clearing resynced regions: {e}"))
 }
 
-/// Adds what the session sent since the last call to the peer's totals.
-fn add_sent_bytes(peer: &Peer, session: &mut PrimarySession) {
+/// Adds what the session sent since the last call to the peer's totals
+/// (callers fold it into a view update they make anyway).
+fn add_sent_bytes(v: &mut PeerView, session: &mut PrimarySession) {
     let (records, regions) = session.take_sent_bytes();
-    if records + regions > 0 {
-        peer.view.send_modify(|v| {
-            v.shipped_bytes_total += records;
-            v.resync_bytes_total += regions;
-        });
-    }
+    v.shipped_bytes_total += records;
+    v.resync_bytes_total += regions;
 }
 
 fn publish_job(peer: &Peer, session: &mut PrimarySession, now: Instant) {
-    add_sent_bytes(peer, session);
     let job = session.progress(now).map(|p| JobStatus {
         kind: match p.kind {
             JobKind::Resync { .. } => JobKindStatus::Resync,
@@ -1280,7 +1276,10 @@ fn publish_job(peer: &Peer, session: &mut PrimarySession, now: Instant) {
         rate_limit_bytes_per_sec: p.rate_limit_bytes_per_sec,
         eta_seconds: p.eta_seconds,
     });
-    peer.view.send_modify(|v| v.job = job);
+    peer.view.send_modify(|v| {
+        v.job = job;
+        add_sent_bytes(v, session);
+    });
 }
 
 fn on_progress(
@@ -1290,17 +1289,18 @@ fn on_progress(
     throughput: &mut Throughput,
     now: Instant,
 ) {
-    add_sent_bytes(peer, session);
     let written = inner.store.journal().written_lsn();
     let (acked, durable) = (session.acked_lsn(), session.durable_lsn());
     let acked_bytes = session.acked_bytes_total();
+    let in_sync_possible = session.job_kind().is_none();
     peer.view.send_modify(|v| {
+        add_sent_bytes(v, session);
         v.acked_lsn = v.acked_lsn.max(acked);
         v.durable_lsn = v.durable_lsn.max(durable);
         throughput.record(now, acked_bytes.saturating_sub(v.acked_bytes_total));
         v.acked_bytes_total = acked_bytes;
         v.throughput_bytes_per_sec = throughput.rate(now);
-        if peer.cfg.mode == PeerMode::Sync && session.job_kind().is_none() {
+        if peer.cfg.mode == PeerMode::Sync && in_sync_possible {
             let before = v.gate;
             v.gate = on_sync_ack(v.gate, v.acked_lsn, written);
             if before != v.gate {
